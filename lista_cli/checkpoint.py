@@ -1,0 +1,90 @@
+"""One self-describing checkpoint file: weights, config, mu and U, calibration, version.
+
+Saved with torch.save, loaded with `weights_only=True`, so loading never runs code from
+the file; written atomically so a killed run never leaves half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .config import ConfigError, from_dict
+from .imageio import atomic_write
+from .model import UnfoldedISTA
+from .pipeline import Detector
+
+FORMAT = "lista-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A model file that cannot be used (exit code 1)."""
+
+
+def build_model(config_dict: dict[str, Any], mean: torch.Tensor, basis: torch.Tensor):
+    cfg = from_dict(config_dict)
+    m = cfg.model
+    return cfg, UnfoldedISTA(
+        mean, basis, layers=m.layers, step=m.step, lam=m.lam, kind=m.layer,
+        learn=False, relative_threshold=m.relative_threshold,
+    )
+
+
+def save_checkpoint(path: str | Path, detector: Detector, extra: dict[str, Any] | None = None) -> None:
+    state = {k: v.detach().cpu().clone() for k, v in detector.model.state_dict().items()}
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "lista_version": __version__,
+        "config": detector.config.to_dict(),
+        "channels": detector.channels,
+        "calibration": detector.calibration,
+        "state": state,
+        "extra": extra or {},
+    }
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Detector:
+    """Load a checkpoint into a Detector, or raise CheckpointError with one line."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a model file")
+    if not path.exists():
+        raise CheckpointError(f"{path}: model file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path}: refused: the file holds Python objects that would run code when loaded;"
+            " it is not a lista checkpoint"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
+        reason = "truncated or corrupt" if path.stat().st_size else "empty"
+        raise CheckpointError(f"{path}: not a lista checkpoint ({reason} file: {str(exc).splitlines()[0][:80]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a lista checkpoint (no '{FORMAT}' header)")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {payload.get('format_version')} from lista"
+            f" {payload.get('lista_version')} is incompatible with this lista {__version__}"
+            f" (format {FORMAT_VERSION}); retrain the model"
+        )
+    try:
+        state = payload["state"]
+        config, model = build_model(payload["config"], state["mean"], state["basis"])
+        model.load_state_dict(state)
+    except (KeyError, TypeError, RuntimeError, ConfigError) as exc:
+        raise CheckpointError(f"{path}: damaged lista checkpoint ({str(exc).splitlines()[0][:100]})") from None
+    model.eval().to(device)
+    return Detector(model, config, int(payload["channels"]), dict(payload.get("calibration") or {}))
+
+
+def read_extra(path: str | Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True).get("extra", {})

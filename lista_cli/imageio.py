@@ -1,0 +1,117 @@
+"""Reading images into float arrays in [0, 1], resizing, and atomic file writes."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+Image.MAX_IMAGE_PIXELS = 20_000 * 20_000
+
+
+class ImageError(ValueError):
+    """An input image that cannot be used; the message names the file and the problem."""
+
+
+def _to_array(image: Image.Image) -> np.ndarray:
+    """PIL image of any common mode -> float32 (H, W, C) in [0, 1], C = 1 or 3."""
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return (np.asarray(image, dtype=np.float32) / 65535.0)[..., None]
+    if mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float32)
+        peak = 1.0 if mode == "F" and values.max(initial=0) <= 1.0 else (
+            255.0 if values.max(initial=0) <= 255 else 65535.0
+        )
+        return np.clip(values / peak, 0.0, 1.0)[..., None]
+    if mode in ("1", "L"):
+        return (np.asarray(image.convert("L"), dtype=np.float32) / 255.0)[..., None]
+    if mode in ("LA", "La"):
+        return (np.asarray(image.convert("L"), dtype=np.float32) / 255.0)[..., None]
+    if mode == "P":
+        image = image.convert("RGBA")
+    # RGB, RGBA (alpha dropped), CMYK, YCbCr, LAB, HSV, RGBa, RGBX ...
+    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file -> float32 (H, W, C) in [0, 1]. Raises ImageError naming the file."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a folder, not an image") from None
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read file: {exc.strerror or exc}") from None
+    if not data:
+        raise ImageError(f"{path}: empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                array = _to_array(image)
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image file (unrecognised format)") from None
+    except Image.DecompressionBombError:
+        raise ImageError(f"{path}: image is too large to decode safely") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{path}: truncated or corrupt image ({exc})") from None
+    if array.shape[0] < 1 or array.shape[1] < 1:
+        raise ImageError(f"{path}: image has no pixels")
+    return array
+
+
+def to_channels(array: np.ndarray, channels: int) -> np.ndarray:
+    """(H, W, C) -> (H, W, channels): RGB to gray by ITU-R 601 luma, gray to RGB by copying."""
+    if array.shape[-1] == channels:
+        return array
+    if channels == 1:
+        luma = array @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        return luma[..., None]
+    return np.repeat(array, 3, axis=-1)
+
+
+def resized_shape(height: int, width: int, shorter_side: int | None) -> tuple[int, int]:
+    """Shape after resizing so the shorter side is `shorter_side` (aspect kept); None keeps it."""
+    if shorter_side is None:
+        return height, width
+    scale = shorter_side / min(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Call write(tmp) on a temporary file beside `path`, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_png(path: str | Path, array: np.ndarray) -> None:
+    """Write a uint8 (H, W) or (H, W, 3) array as PNG, atomically."""
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+
+
+def save_npy(path: str | Path, array: np.ndarray) -> None:
+    """Write an array as .npy, atomically."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array)
+
+    atomic_write(path, write)

@@ -1,0 +1,128 @@
+"""ISTA for robust PCA on patches, deep-unfolded (LISTA): one module, learning on or off.
+
+A patch row x = m - mu is background in span(U) plus a sparse defect s. With the
+projector Q = I - U U^T onto what normal texture cannot explain, ISTA solves
+    min_s 1/2 ||Q (x - s)||^2 + lam ||s||_1
+by  s_{k+1} = soft(s_k + eta Q (x - s_k), eta lam),  s_0 = 0.
+LISTA learns the same layers:  s_{k+1} = soft(W_e x + W_s s_k, theta_k)  with
+    full   : W_e, W_s free (d x d), init W_e = eta Q, W_s = I - eta Q
+    cp     : one W, W_e = W, W_s = I - W (LISTA-CP), init W = eta Q
+    alista : Q fixed, a step gamma_k per layer (ALISTA-style), init gamma_k = eta
+and theta_k = exp(log_theta_k) [* sigma], init eta lam. With `relative_threshold`, sigma
+is a robust noise scale of the image's own residual Q x (1.4826 * median |Q x|), so
+bright, dark and low-contrast images share the thresholds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+LAYER_KINDS = ("full", "cp", "alista")
+
+
+def fit_subspace(
+    patches: torch.Tensor, energy: float, max_rank: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PCA of normal patches (n, d): mean (d,) and an orthonormal basis U (d, r) keeping `energy`."""
+    rows = patches.double()
+    mean = rows.mean(0)
+    centred = rows - mean
+    covariance = centred.T @ centred / max(len(rows) - 1, 1)  # (d, d)
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+    eigenvalues, eigenvectors = eigenvalues.flip(0).clamp(min=0), eigenvectors.flip(1)
+    share = torch.cumsum(eigenvalues, 0) / eigenvalues.sum().clamp(min=1e-30)
+    rank = int((share < energy).sum().item()) + 1
+    rank = min(rank, len(mean) - 1, max_rank or len(mean))
+    return mean.float(), eigenvectors[:, :rank].float().contiguous()
+
+
+def soft_threshold(values: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """soft(x, t) = sign(x) * max(|x| - t, 0)."""
+    return torch.sign(values) * torch.clamp(values.abs() - threshold, min=0)
+
+
+class UnfoldedISTA(nn.Module):
+    """K unfolded ISTA layers on patch rows; `learn=False` is classical ISTA."""
+
+    def __init__(
+        self,
+        mean: torch.Tensor,
+        basis: torch.Tensor,
+        layers: int = 10,
+        step: float = 1.0,
+        lam: float = 2.0,
+        kind: str = "full",
+        learn: bool = True,
+        relative_threshold: bool = True,
+    ) -> None:
+        super().__init__()
+        if kind not in LAYER_KINDS:
+            raise ValueError(f"model.layer must be one of {', '.join(LAYER_KINDS)}, got {kind!r}")
+        if layers < 1:
+            raise ValueError(f"model.layers must be >= 1, got {layers}")
+        dim = mean.shape[0]
+        self.kind = kind
+        self.layers = layers
+        self.relative_threshold = relative_threshold
+        self.register_buffer("mean", mean.clone().float())  # (d,)
+        self.register_buffer("basis", basis.clone().float())  # (d, r)
+        projector = torch.eye(dim) - basis @ basis.T  # Q, (d, d)
+        if kind == "full":
+            self.w_enc = nn.Parameter(step * projector)
+            self.w_state = nn.Parameter(torch.eye(dim) - step * projector)
+        elif kind == "cp":
+            self.w_step = nn.Parameter(step * projector)
+        else:
+            self.gamma = nn.Parameter(torch.full((layers,), float(step)))
+        self.log_theta = nn.Parameter(torch.full((layers,), math.log(step * lam)))
+        self.requires_grad_(learn)
+
+    @property
+    def dim(self) -> int:
+        return self.mean.shape[0]
+
+    def project_out(self, rows: torch.Tensor) -> torch.Tensor:
+        """Q rows = rows - (rows U) U^T, at O(d r) per row instead of O(d^2)."""
+        return rows - (rows @ self.basis) @ self.basis.T
+
+    def noise_scale(self, centred: torch.Tensor) -> torch.Tensor:
+        """Robust per-image scale of the residual, (B, 1, 1); ones without relative thresholds."""
+        if not self.relative_threshold:
+            return centred.new_ones(centred.shape[0], 1, 1)
+        residual = self.project_out(centred).abs().flatten(1)  # (B, N*d)
+        sigma = 1.4826 * residual.median(dim=1).values
+        return sigma.clamp(min=1e-4).view(-1, 1, 1)
+
+    def forward(self, patches: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N, d) raw patch rows -> sparse part S_K, (B, N, d).
+
+        `scale` (B, 1, 1) overrides the per-image noise scale, for when `patches` is a
+        sample of an image's rows (training) rather than all of them."""
+        if patches.dim() != 3 or patches.shape[-1] != self.dim:
+            raise ValueError(
+                f"Expected patches of shape (B, N, {self.dim}), got {tuple(patches.shape)}"
+            )
+        centred = patches - self.mean  # x, (B, N, d)
+        thresholds = self.log_theta.exp()  # (K,)
+        if scale is None:
+            scale = self.noise_scale(centred)  # (B, 1, 1)
+        if self.kind == "full":
+            drive = centred @ self.w_enc.T  # W_e x, shared by all layers
+            sparse = soft_threshold(drive, thresholds[0] * scale)
+            for k in range(1, self.layers):
+                sparse = soft_threshold(drive + sparse @ self.w_state.T, thresholds[k] * scale)
+        elif self.kind == "cp":
+            sparse = soft_threshold(centred @ self.w_step.T, thresholds[0] * scale)
+            for k in range(1, self.layers):
+                update = (centred - sparse) @ self.w_step.T
+                sparse = soft_threshold(sparse + update, thresholds[k] * scale)
+        else:
+            residual = self.project_out(centred)
+            sparse = soft_threshold(self.gamma[0] * residual, thresholds[0] * scale)
+            for k in range(1, self.layers):
+                update = self.project_out(centred - sparse)
+                sparse = soft_threshold(sparse + self.gamma[k] * update, thresholds[k] * scale)
+        return sparse

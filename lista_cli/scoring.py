@@ -1,0 +1,66 @@
+"""From the sparse part S to pixel anomaly maps, image scores and calibration."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from . import patches
+
+
+def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, H, W) maps with reflective borders."""
+    if sigma <= 0:
+        return maps
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    height, width = maps.shape[-2:]
+    mode = "reflect" if radius < min(height, width) else "replicate"
+    padded = F.pad(maps[:, None], (radius, radius, radius, radius), mode=mode)
+    out = F.conv2d(padded, kernel.view(1, 1, 1, -1))
+    out = F.conv2d(out, kernel.view(1, 1, -1, 1))
+    return out[:, 0]
+
+
+def sparse_to_map(
+    sparse: torch.Tensor, size: tuple[int, int], channels: int, patch: int, stride: int
+) -> torch.Tensor:
+    """(B, N, C*p*p) sparse rows -> (B, H, W): per-pixel ||s|| over channels, overlap-averaged."""
+    batch, count, _ = sparse.shape
+    norms = sparse.view(batch, count, channels, patch * patch).norm(dim=2)  # (B, N, p*p)
+    return patches.fold(norms, size, patch, stride)[:, 0]
+
+
+def image_scores(maps: torch.Tensor, mode: str = "max", top_k: float = 0.01) -> torch.Tensor:
+    """(B, H, W) -> (B,): the map's max, or the mean of its top `top_k` share of pixels."""
+    flat = maps.flatten(1)
+    if mode == "max":
+        return flat.max(dim=1).values
+    count = max(1, round(top_k * flat.shape[1]))
+    return flat.topk(count, dim=1).values.mean(dim=1)
+
+
+def calibrate(
+    normal_maps: list[torch.Tensor], mode: str, top_k: float, quantile: float, margin: float
+) -> dict[str, float | list[float]]:
+    """Score statistics of held-out normal images; the threshold is a quantile of their image
+    scores times a margin. One threshold serves image decision and pixel mask alike, so an
+    image is anomalous exactly when its mask is non-empty (with image_score = max)."""
+    scores = torch.cat([image_scores(m[None], mode, top_k) for m in normal_maps]).double()
+    pixels = torch.cat([m.flatten() for m in normal_maps]).double()
+    if pixels.numel() > 2_000_000:
+        pixels = pixels[torch.randperm(pixels.numel(), generator=torch.Generator().manual_seed(0))[:2_000_000]]
+    levels = [0.5, 0.9, 0.99, 0.999, 1.0]
+    threshold = float(torch.quantile(scores, quantile)) * margin
+    return {
+        "threshold": max(threshold, 1e-12),
+        "quantile": quantile,
+        "margin": margin,
+        "image_scores": scores.tolist(),
+        "pixel_quantile_levels": levels,
+        "pixel_quantiles": torch.quantile(pixels, torch.tensor(levels, dtype=torch.float64)).tolist(),
+    }

@@ -1,0 +1,227 @@
+"""Training on normal images only: PCA init, CutPaste-supervised unfolding, calibration."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import patches
+from .checkpoint import save_checkpoint
+from .config import Config
+from .cutpaste import cutpaste
+from .imageio import ImageError, read_image
+from .inputs import collect_inputs
+from .metrics import roc_auc
+from .model import UnfoldedISTA, fit_subspace
+from .pipeline import Detector, to_tensor
+from .scoring import calibrate
+
+MAX_PCA_ROWS = 200_000
+
+
+class TrainError(ValueError):
+    """Training cannot start on this data (exit code 1)."""
+
+
+@dataclass
+class TrainSummary:
+    images: int
+    held_out: int
+    channels: int
+    rank: int
+    steps: int
+    best_step: int
+    val_auroc_start: float
+    val_auroc_best: float
+    threshold: float
+    seconds: float
+    skipped: list[str] = field(default_factory=list)
+
+
+def training_folder(data_dir: Path) -> Path:
+    """An MVTec category folder trains on its train/good; any other folder on itself."""
+    good = Path(data_dir) / "train" / "good"
+    return good if good.is_dir() else Path(data_dir)
+
+
+def load_training_images(
+    data_dir: Path, config: Config, warn: Callable[[str], None]
+) -> tuple[list[torch.Tensor], int, list[str]]:
+    """Read every image under the folder at model resolution; unreadable ones are skipped."""
+    folder = training_folder(data_dir)
+    if not folder.is_dir():
+        raise TrainError(f"{data_dir}: no such folder")
+    try:
+        inputs = collect_inputs([str(folder)])
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
+    arrays, skipped = [], []
+    for item in inputs:
+        try:
+            arrays.append(read_image(item.path))
+        except ImageError as exc:
+            warn(f"skipped {exc}")
+            skipped.append(str(item.path))
+    if len(arrays) < 2:
+        raise TrainError(f"{folder}: need at least 2 readable normal images, found {len(arrays)}")
+    mode = config.data.channels
+    if mode == "auto":
+        colour = any(a.shape[-1] == 3 and not (np.ptp(a, axis=-1) < 1e-6).all() for a in arrays)
+        channels = 3 if colour else 1
+    else:
+        channels = 3 if mode == "rgb" else 1
+    tensors = [to_tensor(a, channels, config.data.image_size) for a in arrays]
+    smallest = min(min(t.shape[-2:]) for t in tensors)
+    if smallest < config.patch.size:
+        raise TrainError(f"{folder}: an image is {smallest} px on a side, smaller than the patch size {config.patch.size}")
+    return tensors, channels, skipped
+
+
+def _random_crops(images: list[torch.Tensor], count: int, size: int, rng: torch.Generator) -> torch.Tensor:
+    """(count, C, size, size) random crops with random horizontal and vertical flips."""
+    crops = []
+    for _ in range(count):
+        image = images[int(torch.randint(len(images), (), generator=rng))]
+        height, width = image.shape[-2:]
+        side = min(size, height, width)
+        top = int(torch.randint(height - side + 1, (), generator=rng))
+        left = int(torch.randint(width - side + 1, (), generator=rng))
+        crop = image[:, top : top + side, left : left + side]
+        if torch.rand((), generator=rng) < 0.5:
+            crop = crop.flip(-1)
+        if torch.rand((), generator=rng) < 0.5:
+            crop = crop.flip(-2)
+        crops.append(crop)
+    return torch.stack(crops)
+
+
+def _pick_rows(weights: torch.Tensor, count: int, rng: torch.Generator) -> torch.Tensor:
+    """(B, N) sampling weights -> (B, count) row indices drawn without replacement."""
+    count = min(count, weights.shape[1])
+    return torch.multinomial(weights, count, replacement=False, generator=rng)
+
+
+def _gather(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return rows.gather(1, index[..., None].expand(-1, -1, rows.shape[-1]))
+
+
+def validation_set(
+    images: list[torch.Tensor], config: Config, seed: int, copies: int = 2
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Held-out normal images, each clean and with `copies` seeded CutPaste defects."""
+    rng = torch.Generator().manual_seed(seed + 7919)
+    shapes = {tuple(t.shape) for t in images}
+    if len(shapes) > 1:  # differing sizes: validate on common-size centre crops
+        side = min(min(t.shape[-2:]) for t in images)
+        images = [t[:, :side, :side] for t in images]
+    val_images, val_masks = [], []
+    for image in images:
+        val_images.append(image)
+        val_masks.append(torch.zeros(image.shape[-2:], dtype=torch.bool))
+        for _ in range(copies):
+            augmented, mask = cutpaste(image, rng, config.cutpaste)
+            val_images.append(augmented)
+            val_masks.append(mask)
+    return torch.stack(val_images), torch.stack(val_masks)
+
+
+@torch.inference_mode()
+def _maps_in_batches(detector: Detector, images: torch.Tensor, batch: int = 16) -> torch.Tensor:
+    return torch.cat([detector.anomaly_maps(images[i : i + batch]) for i in range(0, len(images), batch)])
+
+
+def validation_auroc(detector: Detector, images: torch.Tensor, masks: torch.Tensor) -> float:
+    maps = _maps_in_batches(detector, images)
+    return roc_auc(masks.numpy(), maps.cpu().numpy())
+
+
+def train(
+    data_dir: Path,
+    config: Config,
+    out: Path,
+    on_step: Callable[[int, float, float | None], None] | None = None,
+    warn: Callable[[str], None] = lambda message: None,
+) -> TrainSummary:
+    """Train a model on the normal images under `data_dir` and write the checkpoint `out`."""
+    started = time.perf_counter()
+    cfg = config
+    images, channels, skipped = load_training_images(data_dir, cfg, warn)
+    rng = torch.Generator().manual_seed(cfg.train.seed)
+    order = torch.randperm(len(images), generator=rng).tolist()
+    held_count = min(len(images) - 1, max(1, round(cfg.train.holdout * len(images))))
+    held_out = [images[i] for i in order[:held_count]]
+    fitting = [images[i] for i in order[held_count:]]
+
+    p, stride = cfg.patch.size, cfg.patch.stride
+    rows = torch.cat([patches.unfold(t[None], p, stride)[0] for t in fitting])  # (n, d)
+    if len(rows) > MAX_PCA_ROWS:
+        rows = rows[torch.randperm(len(rows), generator=rng)[:MAX_PCA_ROWS]]
+    mean, basis = fit_subspace(rows, cfg.model.energy, cfg.model.max_rank)
+    m = cfg.model
+    model = UnfoldedISTA(
+        mean, basis, layers=m.layers, step=m.step, lam=m.lam, kind=m.layer,
+        learn=m.learn, relative_threshold=m.relative_threshold,
+    )
+    detector = Detector(model, cfg, channels)
+    val_images, val_masks = validation_set(held_out, cfg, cfg.train.seed)
+    val_start = validation_auroc(detector, val_images, val_masks)
+    best_auroc, best_step, best_state = val_start, 0, copy.deepcopy(model.state_dict())
+
+    steps = cfg.train.steps if m.learn else 0
+    if steps > 0:
+        optimiser = torch.optim.Adam(
+            [q for q in model.parameters() if q.requires_grad], lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+        )
+        augmented_count = round(cfg.train.cutpaste_share * cfg.train.batch)
+        for step in range(1, steps + 1):
+            clean = _random_crops(fitting, cfg.train.batch, cfg.train.crop, rng)
+            augmented, masks = clean[:augmented_count].clone(), []
+            for i in range(augmented_count):
+                augmented[i], mask = cutpaste(clean[i], rng, cfg.cutpaste)
+                masks.append(mask)
+            clean_rows = patches.unfold(clean, p, stride)  # (B, N, d)
+            with torch.no_grad():
+                clean_scale = model.noise_scale(clean_rows - model.mean)
+            pick = _pick_rows(torch.ones(clean_rows.shape[:2]), cfg.train.patches_per_image, rng)
+            sparse_clean = model(_gather(clean_rows, pick), scale=clean_scale)
+            loss = cfg.train.beta * sparse_clean.abs().sum(-1).mean()
+            if augmented_count:
+                aug_rows = patches.unfold(augmented, p, stride)
+                target = aug_rows - clean_rows[:augmented_count]  # exact sparse target S*
+                with torch.no_grad():
+                    aug_scale = model.noise_scale(aug_rows - model.mean)
+                touched = (target.abs().sum(-1) > 0).float()
+                pick = _pick_rows(1.0 + 20.0 * touched, cfg.train.patches_per_image, rng)
+                sparse_aug = model(_gather(aug_rows, pick), scale=aug_scale)
+                loss = loss + (sparse_aug - _gather(target, pick)).pow(2).sum(-1).mean()
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            val = None
+            if step % cfg.train.val_every == 0 or step == steps:
+                model.eval()
+                val = validation_auroc(detector, val_images, val_masks)
+                model.train()
+                if val > best_auroc:
+                    best_auroc, best_step, best_state = val, step, copy.deepcopy(model.state_dict())
+            if on_step:
+                on_step(step, float(loss), val)
+        model.load_state_dict(best_state)
+    model.eval().requires_grad_(False)
+
+    normal_maps = [_maps_in_batches(detector, t[None])[0] for t in held_out]
+    s = cfg.score
+    detector.calibration = calibrate(normal_maps, s.image_score, s.top_k, s.threshold_quantile, s.threshold_margin)
+    summary = TrainSummary(
+        images=len(images), held_out=held_count, channels=channels, rank=basis.shape[1], steps=steps,
+        best_step=best_step, val_auroc_start=val_start, val_auroc_best=best_auroc,
+        threshold=detector.calibration["threshold"], seconds=time.perf_counter() - started, skipped=skipped,
+    )
+    save_checkpoint(out, detector, extra={"summary": summary.__dict__})
+    return summary
