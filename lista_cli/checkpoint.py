@@ -6,6 +6,8 @@ the file; written atomically so a killed run never leaves half a checkpoint.
 
 from __future__ import annotations
 
+from .errors import ListaError
+
 import pickle
 import zipfile
 from pathlib import Path
@@ -23,7 +25,7 @@ FORMAT = "lista-checkpoint"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ListaError):
     """A model file that cannot be used (exit code 1)."""
 
 

@@ -7,6 +7,8 @@ checked in one place, `validate`, and every problem is a `ConfigError` with one 
 
 from __future__ import annotations
 
+from .errors import ListaError
+
 import dataclasses
 import difflib
 import types
@@ -18,7 +20,7 @@ from typing import Any
 import yaml
 
 
-class ConfigError(ValueError):
+class ConfigError(ListaError):
     """A configuration problem, printed as one line (exit code 1)."""
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .errors import ListaError
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import numpy as np
 from .imageio import IMAGE_EXTENSIONS, read_image
 
 
-class DatasetError(ValueError):
+class DatasetError(ListaError):
     """A dataset folder that does not follow the MVTec layout (exit code 1)."""
 
 

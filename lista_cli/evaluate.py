@@ -27,11 +27,22 @@ def score_dataset(detector: Detector, root: Path, batch: int = 16):
     return items, np.array(scores), maps, masks
 
 
-def evaluate(detector: Detector, root: Path) -> dict[str, Any]:
-    items, scores, maps, masks = score_dataset(detector, root)
-    labels = np.array([item.is_anomalous for item in items])
+def _metrics(labels: np.ndarray, scores: np.ndarray, maps: list[np.ndarray], masks: list[np.ndarray]) -> dict[str, Any]:
     return {
-        "images": len(items),
+        "images": int(len(labels)),
         "image_auroc": roc_auc(labels, scores),
         "pixel_auroc": roc_auc(np.concatenate([m.ravel() for m in masks]), np.concatenate([m.ravel() for m in maps])),
     }
+
+
+def evaluate(detector: Detector, root: Path) -> dict[str, Any]:
+    """Overall metrics and, per defect kind, metrics on that kind plus the good images."""
+    items, scores, maps, masks = score_dataset(detector, root)
+    labels = np.array([item.is_anomalous for item in items])
+    report = _metrics(labels, scores, maps, masks)
+    kinds = sorted({item.kind for item in items} - {"good"})
+    report["kinds"] = {}
+    for kind in kinds:
+        pick = [i for i, item in enumerate(items) if item.kind in (kind, "good")]
+        report["kinds"][kind] = _metrics(labels[pick], scores[pick], [maps[i] for i in pick], [masks[i] for i in pick])
+    return report

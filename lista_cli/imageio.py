@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .errors import ListaError
+
 import io
 import os
 import tempfile
@@ -16,7 +18,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 Image.MAX_IMAGE_PIXELS = 20_000 * 20_000
 
 
-class ImageError(ValueError):
+class ImageError(ListaError):
     """An input image that cannot be used; the message names the file and the problem."""
 
 

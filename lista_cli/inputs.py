@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .errors import ListaError
+
 import glob
 import sys
 from dataclasses import dataclass
@@ -10,7 +12,7 @@ from pathlib import Path, PurePath
 from .imageio import IMAGE_EXTENSIONS
 
 
-class InputError(ValueError):
+class InputError(ListaError):
     """A command-line input that names nothing usable (exit code 1)."""
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from . import patches, scoring
 from .config import Config
-from .imageio import resized_shape, to_channels
+from .imageio import ImageError, resized_shape, to_channels
 from .model import UnfoldedISTA
 
 
@@ -50,6 +50,15 @@ class Detector:
     def prepare(self, array: np.ndarray) -> torch.Tensor:
         """(H, W, C) image in [0, 1] -> (channels, h, w) tensor as the model sees it."""
         return to_tensor(array, self.channels, self.config.data.image_size)
+
+    def check_size(self, array: np.ndarray, path: object) -> None:
+        """Raise ImageError if the image, at model resolution, is smaller than one patch."""
+        height, width = resized_shape(array.shape[0], array.shape[1], self.config.data.image_size)
+        if min(height, width) < self.config.patch.size:
+            raise ImageError(
+                f"{path}: image is {array.shape[1]}x{array.shape[0]} px, smaller than one"
+                f" {self.config.patch.size}x{self.config.patch.size} patch at model resolution"
+            )
 
     def sparse(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) -> sparse part S_K of every patch, (B, N, C*p*p)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .errors import ListaError
+
 import copy
 import time
 from collections.abc import Callable
@@ -25,7 +27,7 @@ from .scoring import calibrate
 MAX_PCA_ROWS = 200_000
 
 
-class TrainError(ValueError):
+class TrainError(ListaError):
     """Training cannot start on this data (exit code 1)."""
 
 
@@ -211,7 +213,7 @@ def train(
                 if val > best_auroc:
                     best_auroc, best_step, best_state = val, step, copy.deepcopy(model.state_dict())
             if on_step:
-                on_step(step, float(loss), val)
+                on_step(step, loss.item(), val)
         model.load_state_dict(best_state)
     model.eval().requires_grad_(False)
 

@@ -1,0 +1,261 @@
+"""The `lista` command line: thin Typer commands over plain functions.
+
+Results go to stdout, messages and progress to stderr. Exit codes: 0 all done;
+1 user error (input, config, model, output folder; nothing or not everything processed);
+2 usage error; 3 some inputs failed (the rest were processed); 4 internal error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+EXIT_OK, EXIT_USER, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERNAL = 0, 1, 2, 3, 4
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Find defects in texture images (deep-unfolded ISTA for robust PCA).\n\n"
+    "Exit codes: 0 ok; 1 input, config, model or output error; 2 usage; 3 some inputs failed; 4 internal error.",
+)
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (see configs/default.yaml).")]
+SetOpt = Annotated[
+    Optional[list[str]], typer.Option("--set", "-s", help="Override a config key: --set train.steps=100 (repeatable).")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or messages on stderr, only errors.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
+ThreadsOpt = Annotated[int, typer.Option("--threads", help="CPU threads for torch (0 = all cores).", min=0)]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps; auto uses a GPU when present.")]
+
+
+@contextmanager
+def _errors(debug: bool):
+    """Print a user error as one line and exit 1; anything unexpected exits 4."""
+    from .errors import ListaError
+
+    try:
+        yield
+    except ListaError as exc:
+        if debug:
+            traceback.print_exc()
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        raise typer.Exit(EXIT_USER) from None
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130) from None
+    except typer.Exit:
+        raise
+    except Exception as exc:  # noqa: BLE001 - last-resort report
+        if debug:
+            traceback.print_exc()
+        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (rerun with --debug for details)",
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INTERNAL) from None
+
+
+def _setup_torch(threads: int) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+
+
+def _device(name: str) -> str:
+    import torch
+
+    from .errors import ListaError
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ListaError("--device cuda: no CUDA GPU is available")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ListaError("--device mps: no Apple GPU is available")
+    if name not in ("cpu", "cuda", "mps"):
+        raise ListaError(f"--device must be auto, cpu, cuda or mps, got {name!r}")
+    return name
+
+
+def _progress(quiet: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(), console=err, disable=quiet, transient=False,
+    )
+
+
+@app.command()
+def train(
+    data_dir: Annotated[Path, typer.Argument(help="Folder of normal images, or an MVTec category folder (uses train/good).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+    threads: ThreadsOpt = 0,
+    debug: DebugOpt = False,
+) -> None:
+    """Train a model on normal images and write one checkpoint file."""
+    with _errors(debug):
+        from .config import load_config
+
+        cfg = load_config(config, set_ or [])
+        _setup_torch(threads or cfg.train.threads)
+        from .train import train as run_train
+
+        with _progress(quiet) as progress:
+            task = progress.add_task("train", total=cfg.train.steps if cfg.model.learn else 0, info="")
+            state = {"val": float("nan")}
+
+            def on_step(step: int, loss: float, val: float | None) -> None:
+                if val is not None:
+                    state["val"] = val
+                progress.update(task, completed=step, info=f"loss {loss:.4f}  val AUROC {state['val']:.3f}")
+
+            summary = run_train(data_dir, cfg, out, on_step=on_step, warn=lambda m: quiet or err.print(f"warning: {m}"))
+        if json_out:
+            print(json.dumps({"model": str(out), **summary.__dict__}))
+        elif not quiet:
+            err.print(
+                f"trained on {summary.images - summary.held_out} images ({summary.held_out} held out), "
+                f"{summary.channels} channel(s), subspace rank {summary.rank}, {summary.steps} steps in "
+                f"{summary.seconds:.1f}s; validation pixel AUROC {summary.val_auroc_start:.3f} -> "
+                f"{summary.val_auroc_best:.3f} (kept step {summary.best_step}); threshold {summary.threshold:.4g}",
+                highlight=False,
+            )
+            err.print(f"wrote {out}", highlight=False)
+
+
+@app.command()
+def detect(
+    model: Annotated[Path, typer.Argument(help="Model file from `lista train`.")],
+    inputs: Annotated[list[str], typer.Argument(help="Image files, folders, globs, or - for paths on stdin.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (mirrors input folders).")],
+    recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Search folders recursively.")] = True,
+    batch: Annotated[int, typer.Option("--batch", help="Images per model batch.", min=1)] = 16,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+    threads: ThreadsOpt = 0,
+    device: DeviceOpt = "auto",
+    debug: DebugOpt = False,
+) -> None:
+    """Score images: write <stem>_heatmap.png, <stem>_mask.png, <stem>_map.npy and scores.csv.
+
+    Exit 0 when every image was processed, 3 when some failed (listed on stderr and in
+    failures.csv), 1 when nothing could start (bad model, inputs or output folder)."""
+    with _errors(debug):
+        _setup_torch(threads)
+        from .checkpoint import load_checkpoint
+        from .detect import detect as run_detect
+        from .inputs import collect_inputs
+
+        detector = load_checkpoint(model, _device(device))
+        images = collect_inputs(inputs, recursive=recursive)
+
+        def on_result(row: dict) -> None:
+            if json_out:
+                print(json.dumps(row), flush=True)
+
+        def on_failure(path: str, message: str) -> None:
+            err.print(f"[red]failed:[/] {message}", highlight=False, soft_wrap=True)
+
+        with _progress(quiet) as progress:
+            task = progress.add_task("detect", total=len(images), info="")
+            summary = run_detect(
+                detector, images, out, batch=batch, on_result=on_result, on_failure=on_failure,
+                on_progress=lambda n: progress.advance(task, n),
+            )
+        if summary.failures:
+            _write_failures(out, summary.failures)
+        if not quiet:
+            rate = summary.processed / summary.seconds if summary.seconds else 0.0
+            err.print(
+                f"{summary.processed} images scored ({summary.anomalous} anomalous), {len(summary.failures)} failed, "
+                f"{rate:.1f} images/s; scores in {out / 'scores.csv'}",
+                highlight=False,
+            )
+        if summary.failures:
+            raise typer.Exit(EXIT_PARTIAL)
+
+
+def _write_failures(out: Path, failures: list[tuple[str, str]]) -> None:
+    import csv
+    import io
+
+    from .imageio import atomic_write
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["image", "error"])
+    writer.writerows(failures)
+    atomic_write(out / "failures.csv", lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"))
+
+
+@app.command("eval")
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="Model file from `lista train`.")],
+    dataset: Annotated[Path, typer.Argument(help="MVTec-style category folder (test/<kind>, ground_truth/<kind>).")],
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+    threads: ThreadsOpt = 0,
+    device: DeviceOpt = "auto",
+    debug: DebugOpt = False,
+) -> None:
+    """Measure a model on a labelled dataset: image and pixel AUROC per defect kind."""
+    with _errors(debug):
+        _setup_torch(threads)
+        from .checkpoint import load_checkpoint
+        from .evaluate import evaluate as run_eval
+
+        detector = load_checkpoint(model, _device(device))
+        report = run_eval(detector, dataset)
+        if json_out:
+            print(json.dumps(report))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"{dataset}")
+        for column in ("kind", "images", "image AUROC", "pixel AUROC"):
+            table.add_column(column, justify="left" if column == "kind" else "right")
+        for kind, row in report["kinds"].items():
+            table.add_row(kind, str(row["images"]), _fmt(row["image_auroc"]), _fmt(row["pixel_auroc"]))
+        table.add_row("[bold]all", str(report["images"]), _fmt(report["image_auroc"]), _fmt(report["pixel_auroc"]))
+        Console().print(table)
+
+
+def _fmt(value: float) -> str:
+    return "-" if value != value else f"{value:.3f}"
+
+
+@app.command("config")
+def show_config(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Print the merged configuration (defaults, then --config, then --set) as YAML."""
+    with _errors(debug):
+        from .config import load_config, to_yaml
+
+        sys.stdout.write(to_yaml(load_config(config, set_ or [])))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

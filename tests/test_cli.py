@@ -1,0 +1,162 @@
+"""The real CLI through typer.testing.CliRunner: exit codes, files, messages."""
+
+import csv
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from lista_cli.cli import app
+
+runner = CliRunner()
+FAST = ["--set", "train.steps=4", "--set", "train.val_every=2", "--set", "train.batch=4", "--quiet"]
+
+
+@pytest.fixture
+def model(mvtec, tmp_path):
+    path = tmp_path / "model.pt"
+    result = runner.invoke(app, ["train", str(mvtec), "--out", str(path), *FAST])
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def test_train_writes_a_loadable_self_describing_checkpoint(model):
+    payload = torch.load(model, weights_only=True)
+    assert payload["format"] == "lista-checkpoint"
+    assert payload["config"]["train"]["steps"] == 4
+    assert payload["calibration"]["threshold"] > 0
+    assert payload["channels"] == 3
+    assert not list(model.parent.glob(".model.pt.*"))  # no temporary left behind
+
+
+def test_detect_writes_maps_masks_and_scores(model, mvtec, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["detect", str(model), str(mvtec / "test"), "--out", str(out), "--json", "--quiet"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(out / "scores.csv")))
+    assert len(rows) == 4
+    assert set(rows[0]) >= {"image", "score", "normalized_score", "anomalous"}
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(lines) == 4 and {line["image"] for line in lines} == {row["image"] for row in rows}
+    for stem in ("good/g0", "good/g1", "spot/s0", "spot/s1"):
+        raw = np.load(out / f"{stem}_map.npy")
+        assert raw.dtype == np.float32 and raw.shape == (37, 45)
+        assert Image.open(out / f"{stem}_heatmap.png").size == (45, 37)
+        mask = np.asarray(Image.open(out / f"{stem}_mask.png"))
+        assert set(np.unique(mask)) <= {0, 255}
+    spot = [float(r["score"]) for r in rows if "/spot/" in r["image"]]
+    good = [float(r["score"]) for r in rows if "/good/" in r["image"]]
+    assert min(spot) > max(good)
+
+
+def test_detect_files_and_globs(model, mvtec, tmp_path):
+    out = tmp_path / "o"
+    one = mvtec / "test" / "spot" / "s0.png"
+    pattern = str(mvtec / "test" / "*" / "g*.png")
+    result = runner.invoke(app, ["detect", str(model), str(one), pattern, "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert (out / "s0_map.npy").exists()
+    assert (out / "good" / "g0_map.npy").exists() and (out / "good" / "g1_map.npy").exists()
+
+
+def test_output_name_clash_is_an_error(model, mvtec, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "s0.png").write_bytes((mvtec / "test" / "good" / "g0.png").read_bytes())
+    result = runner.invoke(
+        app, ["detect", str(model), str(mvtec / "test/spot/s0.png"), str(other / "s0.png"), "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 1
+    assert "would both write outputs named 's0'" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_one_bad_image_does_not_stop_the_batch(model, mvtec, tmp_path):
+    (mvtec / "test" / "good" / "broken.png").write_text("garbage")
+    out = tmp_path / "o"
+    result = runner.invoke(app, ["detect", str(model), str(mvtec / "test"), "--out", str(out), "--quiet"])
+    assert result.exit_code == 3
+    assert "broken.png: not an image file" in result.stderr
+    assert "Traceback" not in result.output
+    assert len(list(csv.DictReader(open(out / "scores.csv")))) == 4
+    assert "broken.png" in (out / "failures.csv").read_text()
+
+
+def test_bad_model_files_are_refused(tmp_path, mvtec):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"x": Evil()}, evil)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00" * 100)
+    plain = tmp_path / "plain.pt"
+    torch.save({"weights": torch.zeros(3)}, plain)
+    pickled = tmp_path / "pickled.pt"
+    pickled.write_bytes(pickle.dumps(Evil()))
+    for path, message in [
+        (evil, "refused"),
+        (pickled, "not a lista checkpoint"),
+        (junk, "not a lista checkpoint"),
+        (plain, "not a lista checkpoint"),
+        (tmp_path / "none.pt", "model file not found"),
+    ]:
+        result = runner.invoke(app, ["detect", str(path), str(mvtec / "test"), "--out", str(tmp_path / "o")])
+        assert result.exit_code == 1, (path, result.output)
+        assert message in result.stderr and str(path) in result.stderr
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_truncated_and_incompatible_checkpoints(model, tmp_path, mvtec):
+    data = model.read_bytes()
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(data[: len(data) // 2])
+    payload = torch.load(model, weights_only=True)
+    payload["format_version"] = 99
+    future = tmp_path / "future.pt"
+    torch.save(payload, future)
+    for path, message in [(cut, "not a lista checkpoint"), (future, "incompatible")]:
+        result = runner.invoke(app, ["detect", str(path), str(mvtec / "test"), "--out", str(tmp_path / "o")])
+        assert result.exit_code == 1 and message in result.stderr, result.output
+
+
+def test_config_errors_exit_1_with_one_line(mvtec, tmp_path):
+    result = runner.invoke(app, ["train", str(mvtec), "--out", str(tmp_path / "m.pt"), "--set", "train.setps=3"])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "error: unknown config key 'train.setps'; did you mean 'train.steps'?"
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_config_command_prints_merged_yaml():
+    result = runner.invoke(app, ["config", "--set", "model.layers=3"])
+    assert result.exit_code == 0
+    assert "layers: 3" in result.stdout
+
+
+def test_missing_inputs_and_usage_errors(model, tmp_path):
+    result = runner.invoke(app, ["detect", str(model), str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "no such file or folder" in result.stderr
+    assert runner.invoke(app, ["detect", str(model)]).exit_code == 2
+
+
+def test_eval_reports_per_kind_json(model, mvtec):
+    result = runner.invoke(app, ["eval", str(model), str(mvtec), "--json", "--quiet"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["images"] == 4 and set(report["kinds"]) == {"spot"}
+    assert report["image_auroc"] == 1.0 and report["pixel_auroc"] > 0.9
+
+
+def test_training_is_repeatable(mvtec, tmp_path):
+    paths = [tmp_path / "a.pt", tmp_path / "b.pt"]
+    for path in paths:
+        assert runner.invoke(app, ["train", str(mvtec), "--out", str(path), *FAST]).exit_code == 0
+    a, b = (torch.load(p, weights_only=True)["state"] for p in paths)
+    assert all(torch.equal(a[k], b[k]) for k in a)
