@@ -6,8 +6,6 @@ the file; written atomically so a killed run never leaves half a checkpoint.
 
 from __future__ import annotations
 
-from .errors import ListaError
-
 import pickle
 import zipfile
 from pathlib import Path
@@ -17,6 +15,7 @@ import torch
 
 from . import __version__
 from .config import ConfigError, from_dict
+from .errors import ListaError
 from .imageio import atomic_write
 from .model import UnfoldedISTA
 from .pipeline import Detector
@@ -33,8 +32,14 @@ def build_model(config_dict: dict[str, Any], mean: torch.Tensor, basis: torch.Te
     cfg = from_dict(config_dict)
     m = cfg.model
     return cfg, UnfoldedISTA(
-        mean, basis, layers=m.layers, step=m.step, lam=m.lam, kind=m.layer,
-        learn=False, relative_threshold=m.relative_threshold,
+        mean,
+        basis,
+        layers=m.layers,
+        step=m.step,
+        lam=m.lam,
+        kind=m.layer,
+        learn=False,
+        relative_threshold=m.relative_threshold,
     )
 
 
@@ -69,7 +74,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Det
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
         reason = "truncated or corrupt" if path.stat().st_size else "empty"
-        raise CheckpointError(f"{path}: not a lista checkpoint ({reason} file: {str(exc).splitlines()[0][:80]})") from None
+        raise CheckpointError(
+            f"{path}: not a lista checkpoint ({reason} file: {str(exc).splitlines()[0][:80]})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a lista checkpoint (no '{FORMAT}' header)")
     if payload.get("format_version") != FORMAT_VERSION:

@@ -7,8 +7,6 @@ checked in one place, `validate`, and every problem is a `ConfigError` with one 
 
 from __future__ import annotations
 
-from .errors import ListaError
-
 import dataclasses
 import difflib
 import types
@@ -18,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .errors import ListaError
 
 
 class ConfigError(ListaError):
@@ -45,7 +45,7 @@ class PatchConfig:
 
 @dataclass
 class ModelConfig:
-    layer: str = _opt("full", choices=("full", "cp", "alista"))
+    layer: str = _opt("cp", choices=("full", "cp", "alista"))
     layers: int = _opt(10, low=1, high=10000)
     energy: float = _opt(0.7, low=0.0, high=1.0, open_low=True, open_high=True)
     max_rank: int | None = _opt(None, low=1)
@@ -112,11 +112,7 @@ def _sections() -> dict[str, type]:
 
 def valid_keys() -> list[str]:
     """Every dotted key, e.g. 'train.lr'."""
-    return [
-        f"{section}.{f.name}"
-        for section, cls in _sections().items()
-        for f in dataclasses.fields(cls)
-    ]
+    return [f"{section}.{f.name}" for section, cls in _sections().items() for f in dataclasses.fields(cls)]
 
 
 def _unknown(key: str) -> ConfigError:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from .errors import ListaError
-
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .errors import ListaError
 from .imageio import IMAGE_EXTENSIONS, read_image
 
 
@@ -32,7 +31,9 @@ class TestImage:
             return np.zeros(shape, dtype=bool)
         mask = read_image(self.mask_path)[..., 0] > 0.5
         if mask.shape != shape:
-            raise DatasetError(f"{self.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, image is {shape[1]}x{shape[0]}")
+            raise DatasetError(
+                f"{self.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, image is {shape[1]}x{shape[0]}"
+            )
         return mask
 
 
@@ -45,7 +46,9 @@ def test_images(root: Path) -> list[TestImage]:
     root = Path(root)
     test = root / "test"
     if not test.is_dir():
-        raise DatasetError(f"{root}: no test/ folder (expected MVTec layout: train/good, test/<kind>, ground_truth/<kind>)")
+        raise DatasetError(
+            f"{root}: no test/ folder (expected MVTec layout: train/good, test/<kind>, ground_truth/<kind>)"
+        )
     items = []
     for kind_dir in sorted(p for p in test.iterdir() if p.is_dir()):
         for path in _images_in(kind_dir):

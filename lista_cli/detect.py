@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from .errors import ListaError
-
 import csv
 import os
 import tempfile
@@ -13,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import ListaError
 from .imageio import ImageError, read_image
 from .inputs import InputImage
 from .pipeline import Detector
@@ -77,7 +76,7 @@ def detect(
                     if on_failure:
                         on_failure(str(item.path), str(exc))
             results = detector.detect_batch([array for _, array in loaded]) if loaded else []
-            for (item, array), result in zip(loaded, results):
+            for (item, array), result in zip(loaded, results, strict=True):
                 paths = output_paths(out_dir, item.name)
                 write_outputs(paths, array, result.anomaly_map, threshold)
                 row = {

@@ -20,7 +20,7 @@ def score_dataset(detector: Detector, root: Path, batch: int = 16):
     for start in range(0, len(items), batch):
         chunk = items[start : start + batch]
         arrays = [read_image(item.path) for item in chunk]
-        for item, array, result in zip(chunk, arrays, detector.detect_batch(arrays)):
+        for item, array, result in zip(chunk, arrays, detector.detect_batch(arrays), strict=True):
             scores.append(result.score)
             maps.append(result.anomaly_map)
             masks.append(item.mask(array.shape[:2]))

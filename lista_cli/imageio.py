@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from .errors import ListaError
-
 import io
 import os
 import tempfile
@@ -13,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from .errors import ListaError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 Image.MAX_IMAGE_PIXELS = 20_000 * 20_000
@@ -29,8 +29,10 @@ def _to_array(image: Image.Image) -> np.ndarray:
         return (np.asarray(image, dtype=np.float32) / 65535.0)[..., None]
     if mode in ("I", "F"):
         values = np.asarray(image, dtype=np.float32)
-        peak = 1.0 if mode == "F" and values.max(initial=0) <= 1.0 else (
-            255.0 if values.max(initial=0) <= 255 else 65535.0
+        peak = (
+            1.0
+            if mode == "F" and values.max(initial=0) <= 1.0
+            else (255.0 if values.max(initial=0) <= 255 else 65535.0)
         )
         return np.clip(values / peak, 0.0, 1.0)[..., None]
     if mode in ("1", "L"):
@@ -117,3 +119,24 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
             np.save(handle, array)
 
     atomic_write(path, write)
+
+
+def bit_depth(path: str | Path) -> int:
+    """16 for 16-bit (and 32-bit integer) images, else 8; read from the header only."""
+    try:
+        with Image.open(path) as image:
+            return 16 if image.mode.startswith("I") else 8
+    except (OSError, ValueError):
+        return 8
+
+
+def save_image(path: str | Path, array: np.ndarray, bits: int = 8) -> None:
+    """Write a float (H, W, C) image in [0, 1] as PNG (16-bit for gray when bits=16), atomically."""
+    array = np.clip(np.asarray(array, dtype=np.float64), 0.0, 1.0)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if bits == 16 and array.ndim == 2:
+        values = np.round(array * 65535.0).astype(np.uint16)
+        atomic_write(path, lambda tmp: Image.fromarray(values).save(tmp, format="PNG"))
+        return
+    save_png(path, np.round(array * 255.0).astype(np.uint8))

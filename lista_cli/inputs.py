@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from .errors import ListaError
-
 import glob
 import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
+from .errors import ListaError
 from .imageio import IMAGE_EXTENSIONS
 
 

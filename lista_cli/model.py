@@ -102,9 +102,7 @@ class UnfoldedISTA(nn.Module):
         `scale` (B, 1, 1) overrides the per-image noise scale, for when `patches` is a
         sample of an image's rows (training) rather than all of them."""
         if patches.dim() != 3 or patches.shape[-1] != self.dim:
-            raise ValueError(
-                f"Expected patches of shape (B, N, {self.dim}), got {tuple(patches.shape)}"
-            )
+            raise ValueError(f"Expected patches of shape (B, N, {self.dim}), got {tuple(patches.shape)}")
         centred = patches - self.mean  # x, (B, N, d)
         thresholds = self.log_theta.exp()  # (K,)
         if scale is None:

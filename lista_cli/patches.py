@@ -42,9 +42,7 @@ def unfold(images: torch.Tensor, patch: int, stride: int) -> torch.Tensor:
     return F.unfold(_pad(images, patch, stride), patch, stride=stride).transpose(1, 2)
 
 
-def fold(
-    patches: torch.Tensor, size: tuple[int, int], patch: int, stride: int
-) -> torch.Tensor:
+def fold(patches: torch.Tensor, size: tuple[int, int], patch: int, stride: int) -> torch.Tensor:
     """(B, N, C*p*p) patches -> (B, C, H, W) image, averaging where patches overlap."""
     if patches.dim() != 3:
         raise ValueError(f"Expected a 3-D tensor (B, N, C*p*p), got {patches.dim()}-D")

@@ -94,7 +94,9 @@ class Detector:
                 height, width = arrays[index].shape[:2]
                 full = maps[row]
                 if full.shape != (height, width):
-                    full = F.interpolate(full[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+                    full = F.interpolate(full[None, None], size=(height, width), mode="bilinear", align_corners=False)[
+                        0, 0
+                    ]
                 score = float(scores[row])
                 normalized = score / self.threshold
                 results[index] = Result(score, normalized, normalized >= 1.0, full.float().cpu().numpy())

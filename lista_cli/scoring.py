@@ -26,9 +26,7 @@ def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return out[:, 0]
 
 
-def sparse_to_map(
-    sparse: torch.Tensor, size: tuple[int, int], channels: int, patch: int, stride: int
-) -> torch.Tensor:
+def sparse_to_map(sparse: torch.Tensor, size: tuple[int, int], channels: int, patch: int, stride: int) -> torch.Tensor:
     """(B, N, C*p*p) sparse rows -> (B, H, W): per-pixel ||s|| over channels, overlap-averaged."""
     batch, count, _ = sparse.shape
     norms = sparse.view(batch, count, channels, patch * patch).norm(dim=2)  # (B, N, p*p)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from .errors import ListaError
-
 import copy
 import time
 from collections.abc import Callable
@@ -17,6 +15,7 @@ from . import patches
 from .checkpoint import save_checkpoint
 from .config import Config
 from .cutpaste import cutpaste
+from .errors import ListaError
 from .imageio import ImageError, read_image
 from .inputs import collect_inputs
 from .metrics import roc_auc
@@ -81,7 +80,9 @@ def load_training_images(
     tensors = [to_tensor(a, channels, config.data.image_size) for a in arrays]
     smallest = min(min(t.shape[-2:]) for t in tensors)
     if smallest < config.patch.size:
-        raise TrainError(f"{folder}: an image is {smallest} px on a side, smaller than the patch size {config.patch.size}")
+        raise TrainError(
+            f"{folder}: an image is {smallest} px on a side, smaller than the patch size {config.patch.size}"
+        )
     return tensors, channels, skipped
 
 
@@ -167,8 +168,14 @@ def train(
     mean, basis = fit_subspace(rows, cfg.model.energy, cfg.model.max_rank)
     m = cfg.model
     model = UnfoldedISTA(
-        mean, basis, layers=m.layers, step=m.step, lam=m.lam, kind=m.layer,
-        learn=m.learn, relative_threshold=m.relative_threshold,
+        mean,
+        basis,
+        layers=m.layers,
+        step=m.step,
+        lam=m.lam,
+        kind=m.layer,
+        learn=m.learn,
+        relative_threshold=m.relative_threshold,
     )
     detector = Detector(model, cfg, channels)
     val_images, val_masks = validation_set(held_out, cfg, cfg.train.seed)
@@ -221,9 +228,17 @@ def train(
     s = cfg.score
     detector.calibration = calibrate(normal_maps, s.image_score, s.top_k, s.threshold_quantile, s.threshold_margin)
     summary = TrainSummary(
-        images=len(images), held_out=held_count, channels=channels, rank=basis.shape[1], steps=steps,
-        best_step=best_step, val_auroc_start=val_start, val_auroc_best=best_auroc,
-        threshold=detector.calibration["threshold"], seconds=time.perf_counter() - started, skipped=skipped,
+        images=len(images),
+        held_out=held_count,
+        channels=channels,
+        rank=basis.shape[1],
+        steps=steps,
+        best_step=best_step,
+        val_auroc_start=val_start,
+        val_auroc_best=best_auroc,
+        threshold=detector.calibration["threshold"],
+        seconds=time.perf_counter() - started,
+        skipped=skipped,
     )
     save_checkpoint(out, detector, extra={"summary": summary.__dict__})
     return summary

@@ -69,7 +69,8 @@ def test_output_name_clash_is_an_error(model, mvtec, tmp_path):
     other.mkdir()
     (other / "s0.png").write_bytes((mvtec / "test" / "good" / "g0.png").read_bytes())
     result = runner.invoke(
-        app, ["detect", str(model), str(mvtec / "test/spot/s0.png"), str(other / "s0.png"), "--out", str(tmp_path / "o")]
+        app,
+        ["detect", str(model), str(mvtec / "test/spot/s0.png"), str(other / "s0.png"), "--out", str(tmp_path / "o")],
     )
     assert result.exit_code == 1
     assert "would both write outputs named 's0'" in result.stderr

@@ -27,8 +27,9 @@ def test_untrained_equals_ista(kind, relative):
     gen = torch.Generator().manual_seed(7)
     mean, basis, patches = _random_problem(gen)
     lam, step, layers = 0.3, 0.8, 10
-    model = UnfoldedISTA(mean, basis, layers=layers, step=step, lam=lam, kind=kind, learn=False,
-                         relative_threshold=relative).double()
+    model = UnfoldedISTA(
+        mean, basis, layers=layers, step=step, lam=lam, kind=kind, learn=False, relative_threshold=relative
+    ).double()
     out = model(patches.double())
     x = patches.double() - mean.double()
     scale = model.noise_scale(x) if relative else 1.0
