@@ -27,9 +27,7 @@ app = typer.Typer(
 )
 err = Console(stderr=True)
 
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML config file (see configs/default.yaml).")
-]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (see configs/default.yaml).")]
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="Override a config key: --set train.steps=100 (repeatable).")
 ]
@@ -235,7 +233,10 @@ def evaluate(
     device: DeviceOpt = "auto",
     debug: DebugOpt = False,
 ) -> None:
-    """Measure a model on a labelled dataset: image and pixel AUROC per defect kind."""
+    """Measure a model on a labelled MVTec-style dataset, per defect kind and overall.
+
+    Image and pixel AUROC, AUPRO (FPR <= 0.3), F1-max with its threshold, and F1 at the
+    model's calibrated threshold."""
     with _errors(debug):
         _setup_torch(threads)
         from .checkpoint import load_checkpoint
@@ -249,13 +250,20 @@ def evaluate(
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=f"{dataset}")
-        for column in ("kind", "images", "image AUROC", "pixel AUROC"):
-            table.add_column(column, justify="left" if column == "kind" else "right")
-        for kind, row in report["kinds"].items():
-            table.add_row(kind, str(row["images"]), _fmt(row["image_auroc"]), _fmt(row["pixel_auroc"]))
-        table.add_row("[bold]all", str(report["images"]), _fmt(report["image_auroc"]), _fmt(report["pixel_auroc"]))
-        Console().print(table)
+        columns = {
+            "images": "images", "image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO",
+            "image_f1_max": "image F1-max", "pixel_f1_max": "pixel F1-max",
+            "image_f1_calibrated": "image F1@thr", "pixel_f1_calibrated": "pixel F1@thr",
+        }
+        table = Table(title=f"{dataset}  (calibrated threshold {report['threshold']:.4g})")
+        table.add_column("kind")
+        for title in columns.values():
+            table.add_column(title, justify="right")
+        rows = [*report["kinds"].items(), ("[bold]all", report)]
+        for kind, row in rows:
+            table.add_row(kind, *(str(row[k]) if k == "images" else _fmt(row[k]) for k in columns))
+        console = Console()
+        Console(width=max(console.width, 132)).print(table)
 
 
 def _fmt(value: float) -> str:

@@ -7,14 +7,16 @@ from typing import Any
 
 import numpy as np
 
-from .dataset import test_images
+from .dataset import TestImage, test_images
 from .imageio import read_image
-from .metrics import roc_auc
+from .metrics import aupro, f1_at, f1_max, roc_auc
 from .pipeline import Detector
 
 
-def score_dataset(detector: Detector, root: Path, batch: int = 16):
-    """-> (items, scores (n,), maps list of (H, W), masks list of (H, W) bool)."""
+def score_dataset(
+    detector: Detector, root: Path, batch: int = 16
+) -> tuple[list[TestImage], np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """-> (items, image scores (n,), maps [(H, W)], ground-truth masks [(H, W) bool])."""
     items = test_images(root)
     scores, maps, masks = [], [], []
     for start in range(0, len(items), batch):
@@ -27,22 +29,39 @@ def score_dataset(detector: Detector, root: Path, batch: int = 16):
     return items, np.array(scores), maps, masks
 
 
-def _metrics(labels: np.ndarray, scores: np.ndarray, maps: list[np.ndarray], masks: list[np.ndarray]) -> dict[str, Any]:
+def metrics(
+    labels: np.ndarray, scores: np.ndarray, maps: list[np.ndarray], masks: list[np.ndarray], threshold: float
+) -> dict[str, Any]:
+    """Image AUROC, pixel AUROC, AUPRO (FPR <= 0.3), F1-max (image, pixel) and F1 at `threshold`."""
+    pixel_labels = np.concatenate([m.ravel() for m in masks])
+    pixel_scores = np.concatenate([m.ravel() for m in maps])
+    image_f1, image_t = f1_max(labels, scores)
+    pixel_f1, pixel_t = f1_max(pixel_labels, pixel_scores)
     return {
         "images": int(len(labels)),
+        "anomalous": int(np.sum(labels)),
         "image_auroc": roc_auc(labels, scores),
-        "pixel_auroc": roc_auc(np.concatenate([m.ravel() for m in masks]), np.concatenate([m.ravel() for m in maps])),
+        "pixel_auroc": roc_auc(pixel_labels, pixel_scores),
+        "aupro": aupro(masks, maps),
+        "image_f1_max": image_f1,
+        "image_f1_threshold": image_t,
+        "pixel_f1_max": pixel_f1,
+        "pixel_f1_threshold": pixel_t,
+        "image_f1_calibrated": f1_at(labels, scores, threshold),
+        "pixel_f1_calibrated": f1_at(pixel_labels, pixel_scores, threshold),
     }
 
 
 def evaluate(detector: Detector, root: Path) -> dict[str, Any]:
-    """Overall metrics and, per defect kind, metrics on that kind plus the good images."""
+    """Overall metrics and, per defect kind, the metrics on that kind plus the good images."""
     items, scores, maps, masks = score_dataset(detector, root)
     labels = np.array([item.is_anomalous for item in items])
-    report = _metrics(labels, scores, maps, masks)
-    kinds = sorted({item.kind for item in items} - {"good"})
+    threshold = detector.threshold
+    report = {"dataset": str(root), "threshold": threshold, **metrics(labels, scores, maps, masks, threshold)}
     report["kinds"] = {}
-    for kind in kinds:
+    for kind in sorted({item.kind for item in items} - {"good"}):
         pick = [i for i, item in enumerate(items) if item.kind in (kind, "good")]
-        report["kinds"][kind] = _metrics(labels[pick], scores[pick], [maps[i] for i in pick], [masks[i] for i in pick])
+        report["kinds"][kind] = metrics(
+            labels[pick], scores[pick], [maps[i] for i in pick], [masks[i] for i in pick], threshold
+        )
     return report

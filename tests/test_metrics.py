@@ -16,3 +16,58 @@ def test_roc_auc_matches_sklearn_with_ties(rng, size):
 
 def test_roc_auc_one_class_is_nan():
     assert np.isnan(roc_auc(np.zeros(4, bool), np.arange(4.0)))
+
+
+from sklearn.metrics import precision_recall_curve  # noqa: E402
+
+from lista_cli.metrics import aupro, f1_at, f1_max, label_regions  # noqa: E402
+
+
+@pytest.mark.parametrize("size", [5, 64, 999])
+def test_f1_max_matches_sklearn_precision_recall_curve(rng, size):
+    for _ in range(5):
+        labels = rng.random(size) < 0.4
+        labels[0] = True
+        scores = np.round(rng.random(size) + 0.5 * labels, 1)  # informative, with ties
+        precision, recall, thresholds = precision_recall_curve(labels, scores)
+        f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-300)
+        best = int(np.argmax(f1[:-1]))
+        value, threshold = f1_max(labels, scores)
+        assert value == pytest.approx(f1[best], abs=1e-9)
+        assert threshold == pytest.approx(thresholds[best])
+        assert f1_at(labels, scores, threshold) == pytest.approx(value, abs=1e-12)
+
+
+def test_label_regions_four_connected():
+    mask = np.zeros((6, 7), bool)
+    mask[0:2, 0:2] = True
+    mask[4:6, 3:6] = True
+    mask[2, 2] = True  # touches the first block only diagonally: its own region
+    labels, count = label_regions(mask)
+    assert count == 3
+    assert len({labels[0, 0], labels[1, 1]}) == 1 and labels[2, 2] not in (0, labels[0, 0])
+
+
+def test_aupro_hand_computed():
+    # Regions A = two pixels (0.9, 0.5), B = one pixel (0.7); normals 0.8, 0.1, 0.2, 0.3, 0.4.
+    # PRO steps: 0.25 at FPR 0, then FPR 0.2 (0.8), then 0.75, 1.0; area to 0.3 = 0.05 + 0.1.
+    mask = np.array([[1, 1, 0, 0], [0, 0, 0, 1]], bool)
+    scores = np.array([[0.9, 0.5, 0.8, 0.1], [0.2, 0.3, 0.4, 0.7]])
+    assert aupro([mask], [scores]) == pytest.approx(0.15 / 0.3)
+    # The same pixels split over two images: regions are counted over the whole set.
+    assert aupro([mask[:1], mask[1:]], [scores[:1], scores[1:]]) == pytest.approx(0.5)
+
+
+def test_aupro_region_weighting_and_perfect():
+    # A big region half found and a small region fully found weigh the same.
+    mask = np.zeros((10, 10), bool)
+    mask[0:4, 0:4] = True  # 16 px
+    mask[8, 8] = True  # 1 px
+    scores = np.zeros((10, 10))
+    scores[0:2, 0:4] = 1.0  # half of the big region
+    scores[8, 8] = 1.0
+    # Threshold 1: FPR 0, PRO = (0.5 + 1) / 2 = 0.75; threshold 0: FPR 1, PRO 1. The curve is
+    # linear in between, so PRO(0.3) = 0.825 and the normalised area is (0.75 + 0.825) / 2.
+    assert aupro([mask], [scores]) == pytest.approx((0.75 + 0.825) / 2, abs=1e-9)
+    assert aupro([mask], [mask.astype(float)]) == pytest.approx(1.0)
+    assert np.isnan(aupro([np.zeros((3, 3), bool)], [np.zeros((3, 3))]))

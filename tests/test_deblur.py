@@ -1,0 +1,158 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from lista_cli.blur import Blur, PSFError, parse_psf
+from lista_cli.cli import app
+from lista_cli.deblur import LAPLACIAN, dct2, estimate_noise, idct2, tikhonov
+
+SPECS = ["gaussian:1.5", "box:5", "motion:7,30", "kernel:0.05,0.24,0.40,0.24,0.05"]
+
+
+def _matrix(operator, shape):
+    n = int(np.prod(shape))
+    return np.stack([operator(e.reshape(shape)).ravel() for e in np.eye(n)], axis=1)
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("boundary", ["periodic", "reflect"])
+def test_adjointness(spec, boundary):
+    blur = Blur(parse_psf(spec), boundary)
+    assert blur.adjointness_test((24, 19), seed=1) < 1e-12
+    assert blur.adjointness_test((13, 30, 3), seed=2) < 1e-12
+
+
+def test_psf_parsing():
+    for spec in SPECS:
+        psf = parse_psf(spec)
+        assert psf.shape[0] % 2 == 1 and psf.shape[1] % 2 == 1
+        assert psf.sum() == pytest.approx(1.0)
+    assert parse_psf("box:3").shape == (3, 3)
+    for bad in ["gaussian:-1", "box:0", "motion:5", "kernel:a,b", "blob:3", "nofile.png"]:
+        with pytest.raises(PSFError, match="--psf"):
+            parse_psf(bad)
+
+
+def test_psf_image_file(tmp_path):
+    kernel = np.zeros((5, 5), np.uint8)
+    kernel[2, 1:4] = 255
+    Image.fromarray(kernel).save(tmp_path / "psf.png")
+    psf = parse_psf(str(tmp_path / "psf.png"))
+    assert psf.sum() == pytest.approx(1.0) and np.count_nonzero(psf) == 3
+
+
+def test_dct_is_orthonormal_and_inverts(rng):
+    x = rng.standard_normal((24, 19))
+    np.testing.assert_allclose(idct2(dct2(x)), x, atol=1e-12)
+    assert np.sum(dct2(x) ** 2) == pytest.approx(np.sum(x**2))
+
+
+@pytest.mark.parametrize("spec", ["gaussian:1.5", "box:5", "kernel:0.05,0.24,0.40,0.24,0.05", "motion:7,30"])
+@pytest.mark.parametrize("boundary", ["periodic", "reflect"])
+@pytest.mark.parametrize("reg", ["identity", "laplacian"])
+def test_closed_form_equals_dense_solve(rng, spec, boundary, reg):
+    if boundary == "reflect" and spec.startswith("motion"):
+        pytest.skip("asymmetric PSF with reflective boundary uses padding + FFT, an approximation")
+    shape, alpha = (24, 19), 0.02
+    blur = Blur(parse_psf(spec), boundary)
+    x = rng.random(shape)
+    y = blur.A(x) + 0.01 * rng.standard_normal(shape)
+    a = _matrix(blur.A, shape)
+    d = np.eye(a.shape[0]) if reg == "identity" else _matrix(Blur(LAPLACIAN, boundary).A, shape)
+    expected = np.linalg.solve(a.T @ a + alpha * d.T @ d, a.T @ y.ravel()).reshape(shape)
+    result = tikhonov(y, blur, alpha, reg)
+    assert result.method == ("fft" if boundary == "periodic" else "dct")
+    np.testing.assert_allclose(result.image, expected, atol=1e-6, rtol=0)
+
+
+def test_colour_channel_by_channel(rng):
+    blur = Blur(parse_psf("gaussian:1"), "reflect")
+    y = blur.A(rng.random((20, 23, 3)))
+    joint = tikhonov(y, blur, 0.01).image
+    for c in range(3):
+        np.testing.assert_allclose(joint[..., c], tikhonov(y[..., c], blur, 0.01).image, atol=1e-12)
+
+
+def test_noise_estimate_and_auto_alpha(rng):
+    ys, xs = np.mgrid[0:96, 0:96]
+    sharp = 0.5 + 0.3 * np.sin(xs / 5.0) * np.cos(ys / 7.0)
+    blur = Blur(parse_psf("gaussian:2"), "reflect")
+    noisy = blur.A(sharp) + 0.02 * rng.standard_normal(sharp.shape)
+    assert estimate_noise(noisy) == pytest.approx(0.02, rel=0.2)
+    errors = {}
+    for alpha in ("auto", 1e-6, 10.0):
+        result = tikhonov(noisy, blur, alpha)
+        errors[alpha] = np.mean((result.image - sharp) ** 2)
+    assert errors["auto"] < errors[1e-6] and errors["auto"] < errors[10.0]
+    gcv = tikhonov(noisy, blur, "auto", rule="gcv")
+    assert 1e-6 < gcv.alpha < 10.0
+
+
+def test_blur_and_deblur_cli(tmp_path, rng):
+    sharp_dir = tmp_path / "sharp" / "sub"
+    sharp_dir.mkdir(parents=True)
+    ys, xs = np.mgrid[0:41, 0:37]
+    gray16 = ((0.5 + 0.3 * np.sin(xs / 4.0) * np.cos(ys / 5.0)) * 65535).astype(np.uint16)
+    Image.fromarray(gray16).save(sharp_dir / "g.png")
+    rgb = (rng.random((41, 37, 3)) * 255).astype(np.uint8)
+    Image.fromarray(rgb).save(sharp_dir / "c.png")
+    runner = CliRunner()
+    blurred = tmp_path / "blurred"
+    result = runner.invoke(
+        app,
+        [
+            "blur",
+            str(tmp_path / "sharp"),
+            "--psf",
+            "gaussian:1.5",
+            "--out",
+            str(blurred),
+            "--noise-sigma",
+            "0.005",
+            "-q",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert (blurred / "sub" / "g.png").exists()
+    out = tmp_path / "restored"
+    result = runner.invoke(
+        app,
+        [
+            "deblur",
+            str(blurred),
+            "--psf",
+            "gaussian:1.5",
+            "--out",
+            str(out),
+            "--json",
+            "-q",
+            "--reference",
+            str(tmp_path / "sharp"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    rows = {json.loads(line)["image"].split("/")[-1]: json.loads(line) for line in result.stdout.splitlines()}
+    assert set(rows) == {"g.png", "c.png"}
+    assert rows["g.png"]["psnr"] > rows["g.png"]["psnr_input"]
+    assert rows["g.png"]["alpha"] > 0 and 0 < rows["c.png"]["ssim"] <= 1
+    restored = Image.open(out / "sub" / "g.png")
+    assert restored.mode.startswith("I") and restored.size == (37, 41)  # 16-bit in, 16-bit out
+    assert Image.open(out / "sub" / "c.png").mode == "RGB"
+
+
+def test_deblur_cli_errors(tmp_path):
+    runner = CliRunner()
+    Image.fromarray(np.zeros((9, 9), np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "bad.png").write_text("no")
+    result = runner.invoke(app, ["deblur", str(tmp_path / "a.png"), "--psf", "gauss:2", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "unknown PSF" in result.stderr
+    result = runner.invoke(
+        app, ["deblur", str(tmp_path / "a.png"), "--psf", "box:3", "--alpha", "x", "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 1 and "--alpha must be" in result.stderr
+    result = runner.invoke(app, ["deblur", str(tmp_path), "--psf", "box:3", "--out", str(tmp_path / "o"), "-q"])
+    assert result.exit_code == 3 and "bad.png: not an image file" in result.stderr
+    assert (tmp_path / "o" / "a.png").exists()
