@@ -46,7 +46,7 @@ def run_type(folder: Path, overrides: list[str], work: Path) -> dict:
     labels = np.array([item.is_anomalous for item in items])
     pixel = roc_auc_score(np.concatenate([m.ravel() for m in masks]), np.concatenate([m.ravel() for m in maps]))
     image = roc_auc_score(labels, scores)
-    inputs = collect_inputs([str(folder / "test")])
+    inputs = collect_inputs([str(folder / "test")]).images
     result = detect(detector, inputs, work / "out")
     return {
         "pixel_auroc": float(pixel),

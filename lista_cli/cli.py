@@ -153,12 +153,57 @@ def train(
             err.print(f"wrote {out}", highlight=False)
 
 
+RecursiveOpt = Annotated[bool, typer.Option("--recursive/--no-recursive", help="Search folders recursively.")]
+ExtOpt = Annotated[
+    str | None,
+    typer.Option("--ext", help="Only these extensions in folders and globs, e.g. png,jpg (default: all)."),
+]
+PsfOpt = Annotated[
+    str,
+    typer.Option("--psf", help="gaussian:SIGMA, box:N, motion:LENGTH,ANGLE, kernel:v1,v2,... or a PSF image file."),
+]
+BoundaryOpt = Annotated[
+    str, typer.Option("--boundary", help="reflect (real camera: mirrored edges) or periodic (wrap-around).")
+]
+
+
+def _gather_inputs(inputs: list[str], recursive: bool, ext: str | None):
+    """Collect images; inputs naming nothing are reported and fatal only when nothing is left."""
+    from .inputs import InputError, collect_inputs, parse_extensions
+
+    found = collect_inputs(inputs, recursive=recursive, extensions=parse_extensions(ext))
+    if not found.images:
+        reasons = "; ".join(message for _, message in found.problems) or "no inputs"
+        raise InputError(f"no images to process: {reasons}")
+    for _, message in found.problems:
+        _report_failure("", message)
+    return found
+
+
+def _report_failure(path: str, message: str) -> None:
+    err.print(f"[red]failed:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def _print_json(row: dict) -> None:
+    print(json.dumps(row), flush=True)
+
+
 @app.command()
 def detect(
     model: Annotated[Path, typer.Argument(help="Model file from `lista train`.")],
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders, globs, or - for paths on stdin.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (mirrors input folders).")],
-    recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Search folders recursively.")] = True,
+    recursive: RecursiveOpt = True,
+    ext: ExtOpt = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard", help="I/N: only shard I (0..N-1) of the sorted inputs; writes scores.shard-I-of-N.csv."
+        ),
+    ] = None,
+    skip_existing: Annotated[
+        bool, typer.Option("--skip-existing", help="Resume: skip images whose outputs and scores row exist.")
+    ] = False,
     batch: Annotated[int, typer.Option("--batch", help="Images per model batch.", min=1)] = 16,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
@@ -168,24 +213,21 @@ def detect(
 ) -> None:
     """Score images: write <stem>_heatmap.png, <stem>_mask.png, <stem>_map.npy and scores.csv.
 
-    Exit 0 when every image was processed, 3 when some failed (listed on stderr and in
-    failures.csv), 1 when nothing could start (bad model, inputs or output folder)."""
+    Exit 0 when every image was processed; 3 when some failed (the rest were processed;
+    failures on stderr and in failures.csv); 1 when nothing could start (bad model,
+    inputs or output folder)."""
     with _errors(debug):
         _setup_torch(threads)
         from .checkpoint import load_checkpoint
+        from .detect import check_output_dir, failures_path, scores_path, write_failures
         from .detect import detect as run_detect
-        from .inputs import collect_inputs
+        from .inputs import parse_shard, select_shard
 
+        shard_spec = parse_shard(shard)
+        found = _gather_inputs(inputs, recursive, ext)
+        check_output_dir(out)
         detector = load_checkpoint(model, _device(device))
-        images = collect_inputs(inputs, recursive=recursive)
-
-        def on_result(row: dict) -> None:
-            if json_out:
-                print(json.dumps(row), flush=True)
-
-        def on_failure(path: str, message: str) -> None:
-            err.print(f"[red]failed:[/] {message}", highlight=False, soft_wrap=True)
-
+        images = select_shard(found.images, shard_spec)
         with _progress(quiet) as progress:
             task = progress.add_task("detect", total=len(images), info="")
             summary = run_detect(
@@ -193,34 +235,41 @@ def detect(
                 images,
                 out,
                 batch=batch,
-                on_result=on_result,
-                on_failure=on_failure,
+                shard=shard_spec,
+                skip_existing=skip_existing,
+                on_result=_print_json if json_out else None,
+                on_failure=_report_failure,
                 on_progress=lambda n: progress.advance(task, n),
+                on_warning=lambda m: quiet or err.print(f"warning: {m}", highlight=False),
             )
-        if summary.failures:
-            _write_failures(out, summary.failures)
+        failures = found.problems + summary.failures
+        if failures:
+            write_failures(failures_path(out, shard_spec), failures)
         if not quiet:
             rate = summary.processed / summary.seconds if summary.seconds else 0.0
+            skipped = f", {summary.skipped} skipped (done before)" if skip_existing else ""
             err.print(
-                f"{summary.processed} images scored ({summary.anomalous} anomalous), {len(summary.failures)} failed, "
-                f"{rate:.1f} images/s; scores in {out / 'scores.csv'}",
+                f"{summary.processed} images scored ({summary.anomalous} anomalous){skipped}, {len(failures)} failed,"
+                f" {rate:.1f} images/s; scores in {scores_path(out, shard_spec)}",
                 highlight=False,
             )
-        if summary.failures:
+        if failures:
             raise typer.Exit(EXIT_PARTIAL)
 
 
-def _write_failures(out: Path, failures: list[tuple[str, str]]) -> None:
-    import csv
-    import io
+@app.command("merge-scores")
+def merge_scores(
+    out: Annotated[Path, typer.Argument(help="The --out folder the shards wrote to.")],
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Join the shards' scores.shard-I-of-N.csv into scores.csv (and their failures files)."""
+    with _errors(debug):
+        from .detect import merge_scores as run_merge
 
-    from .imageio import atomic_write
-
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["image", "error"])
-    writer.writerows(failures)
-    atomic_write(out / "failures.csv", lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"))
+        rows, shards = run_merge(out)
+        if not quiet:
+            err.print(f"merged {rows} rows from {shards} shards into {out / 'scores.csv'}", highlight=False)
 
 
 @app.command("eval")
@@ -247,66 +296,55 @@ def evaluate(
         if json_out:
             print(json.dumps(report))
             return
-        from rich.console import Console
         from rich.table import Table
 
         columns = {
-            "images": "images", "image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO",
-            "image_f1_max": "image F1-max", "pixel_f1_max": "pixel F1-max",
-            "image_f1_calibrated": "image F1@thr", "pixel_f1_calibrated": "pixel F1@thr",
+            "images": "images",
+            "image_auroc": "image AUROC",
+            "pixel_auroc": "pixel AUROC",
+            "aupro": "AUPRO",
+            "image_f1_max": "image F1-max",
+            "pixel_f1_max": "pixel F1-max",
+            "image_f1_calibrated": "image F1@thr",
+            "pixel_f1_calibrated": "pixel F1@thr",
         }
         table = Table(title=f"{dataset}  (calibrated threshold {report['threshold']:.4g})")
         table.add_column("kind")
         for title in columns.values():
             table.add_column(title, justify="right")
-        rows = [*report["kinds"].items(), ("[bold]all", report)]
-        for kind, row in rows:
+        for kind, row in [*report["kinds"].items(), ("[bold]all", report)]:
             table.add_row(kind, *(str(row[k]) if k == "images" else _fmt(row[k]) for k in columns))
-        console = Console()
-        Console(width=max(console.width, 132)).print(table)
+        out_console = Console()
+        Console(width=max(out_console.width, 132)).print(table)
 
 
 def _fmt(value: float) -> str:
     return "-" if value != value else f"{value:.3f}"
 
 
-PsfOpt = Annotated[
-    str,
-    typer.Option("--psf", help="gaussian:SIGMA, box:N, motion:LENGTH,ANGLE, kernel:v1,v2,... or a PSF image file."),
-]
-BoundaryOpt = Annotated[
-    str, typer.Option("--boundary", help="reflect (real camera: mirrored edges) or periodic (wrap-around).")
-]
-
-
-def _run_batch(run, images, out: Path, quiet: bool, json_out: bool, label: str, **kwargs) -> None:
-    """Shared driver of deblur / blur: progress, JSON lines, failures, exit code."""
-
-    def on_result(row: dict) -> None:
-        if json_out:
-            print(json.dumps(row), flush=True)
-
-    def on_failure(path: str, message: str) -> None:
-        err.print(f"[red]failed:[/] {message}", highlight=False, soft_wrap=True)
+def _run_batch(run, found, out: Path, quiet: bool, json_out: bool, label: str, **kwargs) -> None:
+    """Shared driver of deblur / blur: progress, JSON lines, failures file, exit code."""
+    from .detect import write_failures
 
     with _progress(quiet) as progress:
-        task = progress.add_task(label, total=len(images), info="")
+        task = progress.add_task(label, total=len(found.images), info="")
         summary = run(
-            images,
+            found.images,
             out,
             **kwargs,
-            on_result=on_result,
-            on_failure=on_failure,
+            on_result=_print_json if json_out else None,
+            on_failure=_report_failure,
             on_progress=lambda n: progress.advance(task, n),
         )
-    if summary.failures:
-        _write_failures(out, summary.failures)
+    failures = found.problems + summary.failures
+    if failures:
+        write_failures(out / "failures.csv", failures)
     if not quiet:
         err.print(
-            f"{summary.processed} images written to {out}, {len(summary.failures)} failed ({summary.seconds:.1f}s)",
+            f"{summary.processed} images written to {out}, {len(failures)} failed ({summary.seconds:.1f}s)",
             highlight=False,
         )
-    if summary.failures:
+    if failures:
         raise typer.Exit(EXIT_PARTIAL)
 
 
@@ -330,7 +368,8 @@ def deblur(
     reference: Annotated[
         Path | None, typer.Option("--reference", help="Folder of sharp originals: report PSNR and SSIM.")
     ] = None,
-    recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Search folders recursively.")] = True,
+    recursive: RecursiveOpt = True,
+    ext: ExtOpt = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
@@ -342,7 +381,6 @@ def deblur(
     with _errors(debug):
         from .blur import Blur, parse_psf
         from .errors import ListaError
-        from .inputs import collect_inputs
         from .restore import deblur_images
 
         alpha_value: float | str = alpha
@@ -360,10 +398,10 @@ def deblur(
         if reference is not None and not reference.is_dir():
             raise ListaError(f"--reference {reference}: no such folder")
         blur_op = Blur(parse_psf(psf), boundary)
-        images = collect_inputs(inputs, recursive=recursive)
+        found = _gather_inputs(inputs, recursive, ext)
         _run_batch(
             deblur_images,
-            images,
+            found,
             out,
             quiet,
             json_out,
@@ -387,6 +425,8 @@ def blur(
     ] = 0.0,
     boundary: BoundaryOpt = "reflect",
     seed: Annotated[int, typer.Option("--seed", help="Noise seed.")] = 0,
+    recursive: RecursiveOpt = True,
+    ext: ExtOpt = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
@@ -394,12 +434,11 @@ def blur(
     """Blur images with a PSF and optional noise, to try a deblurring set-up."""
     with _errors(debug):
         from .blur import Blur, parse_psf
-        from .inputs import collect_inputs
         from .restore import blur_images
 
         blur_op = Blur(parse_psf(psf), boundary)
-        images = collect_inputs(inputs)
-        _run_batch(blur_images, images, out, quiet, json_out, "blur", blur=blur_op, noise_sigma=noise_sigma, seed=seed)
+        found = _gather_inputs(inputs, recursive, ext)
+        _run_batch(blur_images, found, out, quiet, json_out, "blur", blur=blur_op, noise_sigma=noise_sigma, seed=seed)
 
 
 @app.command("config")

@@ -1,8 +1,14 @@
-"""`lista detect`: score images with a trained model, write maps, masks and a scores file."""
+"""`lista detect`: score images with a trained model, write maps, masks and a scores file.
+
+Resumable: every output file is written atomically, the raw map last, and each image's
+row is appended to the scores file and flushed as soon as its outputs exist. With
+`skip_existing`, images that have a row and all three files are not scored again.
+"""
 
 from __future__ import annotations
 
 import csv
+import io
 import os
 import tempfile
 import time
@@ -12,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ListaError
-from .imageio import ImageError, read_image
-from .inputs import InputImage
+from .imageio import ImageError, atomic_write, read_image
+from .inputs import InputImage, shard_suffix
 from .pipeline import Detector
 from .writer import output_paths, write_outputs
 
@@ -27,6 +33,7 @@ class OutputError(ListaError):
 @dataclass
 class DetectSummary:
     processed: int = 0
+    skipped: int = 0
     anomalous: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
@@ -43,48 +50,111 @@ def check_output_dir(out_dir: Path) -> None:
         raise OutputError(f"{out_dir}: output folder is not writable ({exc.strerror or exc})") from None
 
 
+def scores_path(out_dir: Path, shard: tuple[int, int] | None = None) -> Path:
+    return out_dir / f"scores{shard_suffix(shard)}.csv"
+
+
+def failures_path(out_dir: Path, shard: tuple[int, int] | None = None) -> Path:
+    return out_dir / f"failures{shard_suffix(shard)}.csv"
+
+
+def _open_scores(path: Path, resume: bool) -> tuple[io.TextIOWrapper, set[str]]:
+    """Open the scores file for appending; on resume keep its complete rows and return their images."""
+    done: set[str] = set()
+    if resume and path.exists():
+        text = path.read_text(encoding="utf-8")
+        if text and not text.endswith("\n"):  # a row cut off by a kill: drop it
+            text = text[: text.rfind("\n") + 1]
+            atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        rows = list(csv.DictReader(io.StringIO(text)))
+        if text and (not rows and not text.startswith("image,")):
+            raise OutputError(f"{path}: exists but is not a lista scores file; remove it or choose another --out")
+        done = {row["image"] for row in rows}
+        if text:
+            return open(path, "a", newline="", encoding="utf-8"), done
+    handle = open(path, "w", newline="", encoding="utf-8")
+    csv.writer(handle).writerow(SCORE_COLUMNS)
+    handle.flush()
+    return handle, done
+
+
+def _complete(paths: dict[str, Path]) -> bool:
+    return all(p.is_file() for p in paths.values())
+
+
+def write_failures(path: Path, failures: list[tuple[str, str]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["image", "error"])
+    writer.writerows(failures)
+    atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"))
+
+
 def detect(
     detector: Detector,
     images: list[InputImage],
     out_dir: Path,
     batch: int = 16,
+    shard: tuple[int, int] | None = None,
+    skip_existing: bool = False,
     on_result: Callable[[dict[str, Any]], None] | None = None,
     on_failure: Callable[[str, str], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> DetectSummary:
-    """Score every image; write its outputs and one scores.csv row as soon as it is done.
+    """Score every image; write its outputs and one scores row as soon as it is done.
 
     A bad image is recorded as a failure and the batch goes on."""
     started = time.perf_counter()
     check_output_dir(out_dir)
     summary = DetectSummary()
     threshold = detector.threshold
-    with open(out_dir / "scores.csv", "w", newline="", encoding="utf-8") as handle:
+    warned: set[int] = set()
+    out_root = out_dir.resolve()
+
+    def fail(item: InputImage, message: str) -> None:
+        summary.failures.append((str(item.path), message))
+        if on_failure:
+            on_failure(str(item.path), message)
+
+    handle, done = _open_scores(scores_path(out_dir, shard), skip_existing)
+    with handle:
         scores = csv.writer(handle)
-        scores.writerow(SCORE_COLUMNS)
-        handle.flush()
         for start in range(0, len(images), batch):
             chunk = images[start : start + batch]
             loaded = []
             for item in chunk:
+                paths = output_paths(out_dir, item.name)
+                if not all(p.resolve().is_relative_to(out_root) for p in paths.values()):
+                    fail(item, f"{item.path}: output name '{item.name}' would leave the output folder")
+                    continue
+                if skip_existing and str(item.path) in done and _complete(paths):
+                    summary.skipped += 1
+                    continue
                 try:
                     array = read_image(item.path)
                     detector.check_size(array, item.path)
-                    loaded.append((item, array))
                 except ImageError as exc:
-                    summary.failures.append((str(item.path), str(exc)))
-                    if on_failure:
-                        on_failure(str(item.path), str(exc))
-            results = detector.detect_batch([array for _, array in loaded]) if loaded else []
-            for (item, array), result in zip(loaded, results, strict=True):
-                paths = output_paths(out_dir, item.name)
+                    fail(item, str(exc))
+                    continue
+                if array.shape[-1] != detector.channels and array.shape[-1] not in warned:
+                    warned.add(array.shape[-1])
+                    if on_warning:
+                        kinds = {1: "gray", 3: "colour"}
+                        on_warning(
+                            f"converting {kinds[array.shape[-1]]} images to the model's"
+                            f" {kinds[detector.channels]} (first: {item.path})"
+                        )
+                loaded.append((item, array, paths))
+            results = detector.detect_batch([array for _, array, _ in loaded]) if loaded else []
+            for (item, array, paths), result in zip(loaded, results, strict=True):
                 write_outputs(paths, array, result.anomaly_map, threshold)
                 row = {
                     "image": str(item.path),
                     "score": round(result.score, 8),
                     "normalized_score": round(result.normalized_score, 6),
                     "anomalous": bool(result.anomalous),
-                    **{key: str(path.relative_to(out_dir)) for key, path in paths.items()},
+                    **{key: path.relative_to(out_dir).as_posix() for key, path in paths.items()},
                 }
                 scores.writerow([row[c] for c in SCORE_COLUMNS])
                 handle.flush()
@@ -96,3 +166,47 @@ def detect(
                 on_progress(len(chunk))
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def merge_scores(out_dir: Path) -> tuple[int, int]:
+    """Join scores.shard-I-of-N.csv (and failures) into scores.csv; every shard must be there.
+
+    Returns (rows, shards). An image in two shards' files is an error."""
+    files = sorted(out_dir.glob("scores.shard-*-of-*.csv"))
+    if not files:
+        raise OutputError(f"{out_dir}: no scores.shard-I-of-N.csv files to merge")
+    totals = {f.stem.rsplit("-of-", 1)[1] for f in files}
+    if len(totals) != 1:
+        raise OutputError(f"{out_dir}: shard files from different splits ({', '.join(sorted(totals))} shards)")
+    total = int(totals.pop())
+    missing = [i for i in range(total) if not scores_path(out_dir, (i, total)).exists()]
+    if missing:
+        raise OutputError(f"{out_dir}: shard(s) {', '.join(map(str, missing))} of {total} have no scores file yet")
+    rows: dict[str, list[str]] = {}
+    for index in range(total):
+        path = scores_path(out_dir, (index, total))
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header != SCORE_COLUMNS:
+                raise OutputError(f"{path}: not a lista scores file (header {header})")
+            for row in reader:
+                if len(row) != len(SCORE_COLUMNS):
+                    continue  # a row cut off by a kill; the image has no complete outputs row
+                if row[0] in rows and rows[row[0]] != row:
+                    raise OutputError(f"{path}: {row[0]} is scored in more than one shard")
+                rows[row[0]] = row
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(SCORE_COLUMNS)
+    writer.writerows(sorted(rows.values()))
+    atomic_write(scores_path(out_dir), lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"))
+    failures = []
+    for index in range(total):
+        path = failures_path(out_dir, (index, total))
+        if path.exists():
+            with open(path, newline="", encoding="utf-8") as handle:
+                failures.extend(list(csv.reader(handle))[1:])
+    if failures:
+        write_failures(failures_path(out_dir), [tuple(f) for f in failures])
+    return len(rows), total

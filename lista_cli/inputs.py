@@ -1,10 +1,10 @@
-"""Turning command-line inputs (files, folders, globs, '-') into images and output paths."""
+"""Turning command-line inputs (files, folders, globs, '-') into images and output names."""
 
 from __future__ import annotations
 
 import glob
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
 from .errors import ListaError
@@ -12,7 +12,7 @@ from .imageio import IMAGE_EXTENSIONS
 
 
 class InputError(ListaError):
-    """A command-line input that names nothing usable (exit code 1)."""
+    """Inputs that cannot be processed at all (exit code 1)."""
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,24 @@ class InputImage:
         return self.relative.as_posix()
 
 
+@dataclass
+class Inputs:
+    """The images found, and one message per input that named nothing usable."""
+
+    images: list[InputImage] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (input, message)
+
+
+def parse_extensions(text: str | None) -> tuple[str, ...]:
+    """'png,JPG' -> ('.png', '.jpg'); None -> every supported extension."""
+    if not text:
+        return IMAGE_EXTENSIONS
+    extensions = tuple("." + e.strip().lower().lstrip(".") for e in text.split(",") if e.strip())
+    if not extensions:
+        raise InputError(f"--ext expects a comma-separated list such as png,jpg, got {text!r}")
+    return extensions
+
+
 def _is_image(path: Path, extensions: tuple[str, ...]) -> bool:
     return path.suffix.lower() in extensions and not path.name.startswith(".")
 
@@ -35,50 +53,6 @@ def _from_folder(folder: Path, recursive: bool, extensions: tuple[str, ...]) -> 
     pattern = "**/*" if recursive else "*"
     found = [p for p in folder.glob(pattern) if p.is_file() and _is_image(p, extensions)]
     return [InputImage(p, p.relative_to(folder).with_suffix("")) for p in sorted(found)]
-
-
-def collect_inputs(
-    items: list[str],
-    recursive: bool = True,
-    extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
-    stdin_lines: list[str] | None = None,
-) -> list[InputImage]:
-    """Expand files, folders (recursively), globs and '-' (paths on stdin) into images.
-
-    A file named directly maps to its stem at the top of the output folder; an image found
-    in a folder keeps its path relative to that folder; an image matched by a glob keeps
-    its path relative to the glob's fixed leading folder. Two inputs that would write the
-    same output stem are an error.
-    """
-    images: list[InputImage] = []
-    for item in items:
-        if item == "-":
-            lines = stdin_lines if stdin_lines is not None else sys.stdin.read().splitlines()
-            for line in lines:
-                if line.strip():
-                    path = Path(line.strip())
-                    images.append(InputImage(path, PurePath(path.stem)))
-            continue
-        path = Path(item)
-        if path.is_dir():
-            found = _from_folder(path, recursive, extensions)
-            if not found:
-                raise InputError(f"{item}: folder contains no images ({', '.join(extensions)})")
-            images.extend(found)
-        elif glob.has_magic(item):
-            root = Path(*PurePath(item).parts[: _fixed_depth(item)] or ["."])
-            matches = sorted(
-                Path(m) for m in glob.glob(item, recursive=True) if Path(m).is_file() and _is_image(Path(m), extensions)
-            )
-            if not matches:
-                raise InputError(f"{item}: pattern matches no images")
-            images.extend(InputImage(m, m.relative_to(root).with_suffix("")) for m in matches)
-        elif path.exists() or path.is_symlink():
-            images.append(InputImage(path, PurePath(path.stem)))
-        else:
-            raise InputError(f"{item}: no such file or folder")
-    _check_unique(images)
-    return images
 
 
 def _fixed_depth(pattern: str) -> int:
@@ -90,18 +64,91 @@ def _fixed_depth(pattern: str) -> int:
     return len(parts)
 
 
-def _check_unique(images: list[InputImage]) -> None:
-    seen: dict[str, Path] = {}
-    for image in images:
-        key = image.name.lower()
-        if key in seen and seen[key].resolve() != image.path.resolve():
-            raise InputError(
-                f"{image.path} and {seen[key]} would both write outputs named '{image.name}';"
-                " rename one or pass their common folder instead"
+def collect_inputs(
+    items: list[str],
+    recursive: bool = True,
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+    stdin_lines: list[str] | None = None,
+) -> Inputs:
+    """Expand files, folders, globs and '-' (one path per line on stdin) into images.
+
+    A file named directly maps to its stem at the top of the output folder; an image found
+    in a folder keeps its path relative to that folder; an image matched by a glob keeps
+    its path relative to the glob's fixed leading folder. An input naming nothing is a
+    problem to report, not a reason to stop; two inputs that would write the same output
+    name are an InputError, before any work.
+    """
+    found = Inputs()
+    for item in items:
+        if item == "-":
+            lines = stdin_lines if stdin_lines is not None else sys.stdin.read().splitlines()
+            for line in lines:
+                if line.strip():
+                    path = Path(line.strip())
+                    found.images.append(InputImage(path, PurePath(path.stem)))
+            continue
+        path = Path(item)
+        if path.is_dir():
+            images = _from_folder(path, recursive, extensions)
+            if not images:
+                found.problems.append((item, f"{item}: folder contains no images ({', '.join(extensions)})"))
+            found.images.extend(images)
+        elif glob.has_magic(item):
+            root = Path(*PurePath(item).parts[: _fixed_depth(item)] or ["."])
+            matches = sorted(
+                Path(m) for m in glob.glob(item, recursive=True) if Path(m).is_file() and _is_image(Path(m), extensions)
             )
-        seen[key] = image.path
-    # Same file given twice: keep one.
-    unique: dict[str, InputImage] = {}
+            if not matches:
+                found.problems.append((item, f"{item}: pattern matches no images"))
+            found.images.extend(InputImage(m, m.relative_to(root).with_suffix("")) for m in matches)
+        elif path.exists() or path.is_symlink():
+            found.images.append(InputImage(path, PurePath(path.stem)))
+        else:
+            found.problems.append((item, f"{item}: no such file or folder"))
+    found.images = _unique(found.images)
+    return found
+
+
+def _unique(images: list[InputImage]) -> list[InputImage]:
+    """Drop repeats of the same file; two different files with one output name are an error."""
+    seen: dict[str, InputImage] = {}
     for image in images:
-        unique.setdefault(image.name.lower(), image)
-    images[:] = list(unique.values())
+        key = image.name.lower()  # case-insensitive file systems would clash too
+        if key in seen:
+            if seen[key].path.resolve() != image.path.resolve():
+                raise InputError(
+                    f"{image.path} and {seen[key].path} would both write outputs named '{image.name}';"
+                    " rename one or pass their common folder instead"
+                )
+            continue
+        seen[key] = image
+    return list(seen.values())
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'I/N' with 0 <= I < N -> (I, N)."""
+    if text is None:
+        return None
+    index, _, total = text.partition("/")
+    try:
+        i, n = int(index), int(total)
+    except ValueError:
+        raise InputError(f"--shard expects I/N such as 0/4, got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise InputError(f"--shard {text}: need 0 <= I < N (shards are numbered from 0)")
+    return i, n
+
+
+def select_shard(images: list[InputImage], shard: tuple[int, int] | None) -> list[InputImage]:
+    """Shard I of N: every N-th image of the list sorted by output name, starting at I.
+
+    Every image lands in exactly one shard, whatever order the inputs came in."""
+    if shard is None:
+        return images
+    index, total = shard
+    ordered = sorted(images, key=lambda image: image.name)
+    return ordered[index::total]
+
+
+def shard_suffix(shard: tuple[int, int] | None) -> str:
+    return "" if shard is None else f".shard-{shard[0]}-of-{shard[1]}"

@@ -58,10 +58,10 @@ def load_training_images(
     folder = training_folder(data_dir)
     if not folder.is_dir():
         raise TrainError(f"{data_dir}: no such folder")
-    try:
-        inputs = collect_inputs([str(folder)])
-    except ValueError as exc:
-        raise TrainError(str(exc)) from None
+    found = collect_inputs([str(folder)])
+    if found.problems:
+        raise TrainError(found.problems[0][1])
+    inputs = found.images
     arrays, skipped = [], []
     for item in inputs:
         try:
