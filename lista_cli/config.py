@@ -35,6 +35,7 @@ def _opt(default: Any, **rules: Any) -> Any:
 class DataConfig:
     image_size: int | None = _opt(128, low=8)
     channels: str = _opt("auto", choices=("auto", "gray", "rgb"))
+    tile_size: int = _opt(1024, low=64)
 
 
 @dataclass

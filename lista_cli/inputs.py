@@ -51,7 +51,7 @@ def _is_image(path: Path, extensions: tuple[str, ...]) -> bool:
 
 def _from_folder(folder: Path, recursive: bool, extensions: tuple[str, ...]) -> list[InputImage]:
     pattern = "**/*" if recursive else "*"
-    found = [p for p in folder.glob(pattern) if p.is_file() and _is_image(p, extensions)]
+    found = [p for p in folder.glob(pattern) if (p.is_file() or p.is_symlink()) and _is_image(p, extensions)]
     return [InputImage(p, p.relative_to(folder).with_suffix("")) for p in sorted(found)]
 
 
@@ -117,8 +117,8 @@ def _unique(images: list[InputImage]) -> list[InputImage]:
         if key in seen:
             if seen[key].path.resolve() != image.path.resolve():
                 raise InputError(
-                    f"{image.path} and {seen[key].path} would both write outputs named '{image.name}';"
-                    " rename one or pass their common folder instead"
+                    f"{image.path} and {seen[key].path} would both write outputs named '{image.name}'"
+                    " (outputs are named by the image's stem); rename one of them"
                 )
             continue
         seen[key] = image

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -60,17 +61,44 @@ class Detector:
                 f" {self.config.patch.size}x{self.config.patch.size} patch at model resolution"
             )
 
-    def sparse(self, images: torch.Tensor) -> torch.Tensor:
+    def sparse(self, images: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, h, w) -> sparse part S_K of every patch, (B, N, C*p*p)."""
         cfg = self.config.patch
-        return self.model(patches.unfold(images, cfg.size, cfg.stride))
+        return self.model(patches.unfold(images, cfg.size, cfg.stride), scale)
 
-    def anomaly_maps(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, h, w) images -> (B, h, w) smoothed anomaly maps."""
+    def anomaly_maps(self, images: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, h, w) images -> (B, h, w) smoothed anomaly maps (`scale`: see the model)."""
         cfg = self.config
-        sparse = self.sparse(images.to(self.device))
+        sparse = self.sparse(images.to(self.device), scale)
         raw = scoring.sparse_to_map(sparse, images.shape[-2:], self.channels, cfg.patch.size, cfg.patch.stride)
         return scoring.gaussian_smooth(raw, cfg.score.smooth_sigma)
+
+    def tiled_map(self, image: torch.Tensor) -> torch.Tensor:
+        """(C, h, w) -> (h, w) map, scored in overlapping tiles of `data.tile_size` px so memory
+        stays bounded; each tile carries a margin wide enough for patches and smoothing."""
+        cfg = self.config
+        stride = cfg.patch.stride
+        tile = max(stride, cfg.data.tile_size // stride * stride)  # tiles keep the global patch grid
+        height, width = image.shape[-2:]
+        if height <= tile and width <= tile:
+            return self.anomaly_maps(image[None])[0]
+        margin = 2 * cfg.patch.size + math.ceil(3 * cfg.score.smooth_sigma)
+        margin = math.ceil(margin / stride) * stride
+        # One noise scale for the whole image, from a sparser grid of its patches (<= 2^16).
+        step = stride * max(1, math.ceil(math.sqrt(height * width / stride**2 / 65536)))
+        sample = patches.unfold(image[None].to(self.device), cfg.patch.size, step)
+        scale = self.model.noise_scale(sample - self.model.mean)
+        out = torch.empty(height, width)
+        for top in range(0, height, tile):
+            for left in range(0, width, tile):
+                y0, x0 = max(0, top - margin), max(0, left - margin)
+                y1, x1 = min(height, top + tile + margin), min(width, left + tile + margin)
+                tile_map = self.anomaly_maps(image[None, :, y0:y1, x0:x1], scale)[0]
+                core_h, core_w = min(tile, height - top), min(tile, width - left)
+                out[top : top + core_h, left : left + core_w] = tile_map[
+                    top - y0 : top - y0 + core_h, left - x0 : left - x0 + core_w
+                ].cpu()
+        return out
 
     def image_scores(self, maps: torch.Tensor) -> torch.Tensor:
         return scoring.image_scores(maps, self.config.score.image_score, self.config.score.top_k)
@@ -87,8 +115,12 @@ class Detector:
         groups: dict[tuple[int, int], list[int]] = {}
         for index, tensor in enumerate(prepared):
             groups.setdefault(tuple(tensor.shape[-2:]), []).append(index)
-        for indices in groups.values():
-            maps = self.anomaly_maps(torch.stack([prepared[i] for i in indices]))
+        tile = self.config.data.tile_size
+        for (height, width), indices in groups.items():
+            if height > tile or width > tile:
+                maps = torch.stack([self.tiled_map(prepared[i]) for i in indices])
+            else:
+                maps = self.anomaly_maps(torch.stack([prepared[i] for i in indices]))
             scores = self.image_scores(maps)
             for row, index in enumerate(indices):
                 height, width = arrays[index].shape[:2]

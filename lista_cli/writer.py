@@ -35,11 +35,18 @@ def colourise(anomaly_map: np.ndarray, threshold: float) -> np.ndarray:
     return _LUT[(level * 255).astype(np.uint8)]
 
 
-def heatmap_overlay(image: np.ndarray, anomaly_map: np.ndarray, threshold: float) -> np.ndarray:
-    """Blend the colourised map over the (H, W, C) image in [0, 1] -> (H, W, 3) uint8."""
-    base = image if image.shape[-1] == 3 else np.repeat(image, 3, axis=-1)
-    blended = 0.5 * base * 255.0 + 0.5 * colourise(anomaly_map, threshold)
-    return np.clip(blended, 0, 255).astype(np.uint8)
+def heatmap_overlay(image: np.ndarray, anomaly_map: np.ndarray, threshold: float, rows: int = 512) -> np.ndarray:
+    """Blend the colourised map over the (H, W, C) image in [0, 1] -> (H, W, 3) uint8.
+
+    Done in bands of `rows` rows, so a huge image needs little memory beyond the output."""
+    out = np.empty(anomaly_map.shape + (3,), dtype=np.uint8)
+    for top in range(0, anomaly_map.shape[0], rows):
+        band = image[top : top + rows].astype(np.float32)
+        if band.shape[-1] != 3:
+            band = np.repeat(band, 3, axis=-1)
+        colours = colourise(anomaly_map[top : top + rows], threshold)
+        out[top : top + rows] = np.clip(127.5 * band + 0.5 * colours, 0, 255).astype(np.uint8)
+    return out
 
 
 def output_paths(out_dir: Path, relative_stem: str) -> dict[str, Path]:

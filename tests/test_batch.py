@@ -1,0 +1,142 @@
+"""Batch jobs: stdin lists, shards, merge, resume, determinism, tiles."""
+
+import csv
+from pathlib import Path, PurePath
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from lista_cli.checkpoint import load_checkpoint
+from lista_cli.cli import app
+from lista_cli.detect import detect
+from lista_cli.imageio import read_image
+from lista_cli.inputs import InputError, InputImage, collect_inputs, parse_shard, select_shard
+
+from .conftest import texture
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from .conftest import make_mvtec
+
+    root = tmp_path_factory.mktemp("batch")
+    rng = np.random.default_rng(1)
+    data = make_mvtec(root / "data", rng)
+    images = root / "images"
+    for i in range(23):
+        sub = images / f"line{i % 3}"
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(texture(rng, 37, 45)).save(sub / f"img{i:02d}.png")
+    model = root / "m.pt"
+    args = ["train", str(data), "--out", str(model), "--set", "train.steps=3", "--set", "train.batch=2", "-q"]
+    assert runner.invoke(app, args).exit_code == 0
+    return model, images
+
+
+def _scores(path):
+    return {row["image"]: row for row in csv.DictReader(open(path))}
+
+
+def test_shards_cover_every_image_once_and_merge(setup, tmp_path):
+    model, images = setup
+    out = tmp_path / "out"
+    for index in range(4):
+        result = runner.invoke(
+            app, ["detect", str(model), str(images), "--out", str(out), "--shard", f"{index}/4", "-q"]
+        )
+        assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["merge-scores", str(out)])
+    assert result.exit_code == 0 and "merged 23 rows from 4 shards" in result.stderr
+    merged = _scores(out / "scores.csv")
+    assert len(merged) == 23
+    whole = tmp_path / "whole"
+    assert runner.invoke(app, ["detect", str(model), str(images), "--out", str(whole), "-q"]).exit_code == 0
+    single = _scores(whole / "scores.csv")
+    assert {k: v["score"] for k, v in merged.items()} == {k: v["score"] for k, v in single.items()}
+
+
+def test_merge_needs_every_shard(setup, tmp_path):
+    model, images = setup
+    out = tmp_path / "out"
+    runner.invoke(app, ["detect", str(model), str(images), "--out", str(out), "--shard", "1/3", "-q"])
+    result = runner.invoke(app, ["merge-scores", str(out)])
+    assert result.exit_code == 1 and "shard(s) 0, 2 of 3 have no scores file yet" in result.stderr
+
+
+def test_shard_selection_is_a_partition():
+    images = [InputImage(Path(f"{i}.png"), PurePath(f"d/{i:03d}")) for i in range(50)]
+    shuffled = images[::-1]
+    parts = [select_shard(shuffled, (i, 7)) for i in range(7)]
+    names = sorted(img.name for part in parts for img in part)
+    assert names == sorted(img.name for img in images)
+    for bad in ["3/3", "-1/2", "a/b", "2"]:
+        with pytest.raises(InputError, match="--shard"):
+            parse_shard(bad)
+
+
+def test_resume_skips_finished_images_and_repairs_a_cut_row(setup, tmp_path):
+    model, images = setup
+    detector = load_checkpoint(model)
+    found = collect_inputs([str(images)]).images
+    out = tmp_path / "out"
+    detect(detector, found[:10], out)
+    # Simulate a kill: half a row at the end, and one image with its outputs but no row.
+    text = (out / "scores.csv").read_text().splitlines(keepends=True)
+    (out / "scores.csv").write_text("".join(text[:-1]) + text[-1][:12])
+    summary = detect(detector, found, out, skip_existing=True)
+    assert summary.skipped == 9 and summary.processed == 14
+    rows = list(csv.DictReader(open(out / "scores.csv")))
+    assert len(rows) == 23 and len({r["image"] for r in rows}) == 23
+    again = detect(detector, found, out, skip_existing=True)
+    assert again.skipped == 23 and again.processed == 0
+
+
+def test_stdin_list_and_extension_filter(setup, tmp_path):
+    model, images = setup
+    paths = sorted(str(p) for p in images.rglob("*.png"))[:4]
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["detect", str(model), "-", "--out", str(out), "-q"], input="\n".join(paths) + "\n")
+    assert result.exit_code == 0, result.output
+    assert len(_scores(out / "scores.csv")) == 4
+    found = collect_inputs([str(images)], extensions=(".jpg",))
+    assert not found.images and "folder contains no images (.jpg)" in found.problems[0][1]
+    assert len(collect_inputs([str(images)], recursive=False).images) == 0
+
+
+def test_same_maps_across_runs_and_batch_sizes(setup, tmp_path):
+    model, images = setup
+    detector = load_checkpoint(model)
+    found = collect_inputs([str(images)]).images
+    detect(detector, found, tmp_path / "a", batch=1)
+    detect(detector, found, tmp_path / "b", batch=16)
+    detect(load_checkpoint(model), found, tmp_path / "c", batch=5)
+    for item in found:
+        maps = [np.load(tmp_path / d / f"{item.name}_map.npy") for d in "abc"]
+        assert np.array_equal(maps[0], maps[1]) and np.array_equal(maps[0], maps[2])
+
+
+def test_tiles_equal_the_whole_image(setup):
+    model, images = setup
+    detector = load_checkpoint(model)
+    detector.config.data.image_size = None
+    image = detector.prepare(read_image(next(images.rglob("*.png"))))
+    whole = detector.anomaly_maps(image[None])[0]
+    detector.config.data.tile_size = 16
+    tiled = detector.tiled_map(image)
+    torch.testing.assert_close(tiled, whole, atol=1e-6, rtol=0)
+
+
+def test_output_names_stay_inside_out(setup, tmp_path):
+    model, _ = setup
+    detector = load_checkpoint(model)
+    source = tmp_path / "x.png"
+    Image.fromarray(texture(np.random.default_rng(0), 30, 30)).save(source)
+    sneaky = InputImage(source, PurePath("../../escaped"))
+    summary = detect(detector, [sneaky], tmp_path / "out")
+    assert summary.processed == 0 and "would leave the output folder" in summary.failures[0][1]
+    assert not list(tmp_path.parent.glob("escaped*"))
