@@ -82,6 +82,18 @@ def _complete(paths: dict[str, Path]) -> bool:
     return all(p.is_file() for p in paths.values())
 
 
+def remove_stale_temporaries(out_dir: Path, images: list[InputImage]) -> int:
+    """Delete temporary files a killed run left for these images' outputs (never another shard's)."""
+    mine = {path.name for item in images for path in output_paths(out_dir, item.name).values()}
+    removed = 0
+    for tmp in out_dir.rglob(".*.tmp"):
+        target = tmp.name[1:].rsplit(".", 2)[0]  # '.<name>.<random>.tmp' -> '<name>'
+        if target in mine:
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def write_failures(path: Path, failures: list[tuple[str, str]]) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -117,6 +129,8 @@ def detect(
         if on_failure:
             on_failure(str(item.path), message)
 
+    if skip_existing:
+        remove_stale_temporaries(out_dir, images)
     handle, done = _open_scores(scores_path(out_dir, shard), skip_existing)
     with handle:
         scores = csv.writer(handle)

@@ -69,9 +69,16 @@ class Detector:
     def anomaly_maps(self, images: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, h, w) images -> (B, h, w) smoothed anomaly maps (`scale`: see the model)."""
         cfg = self.config
-        sparse = self.sparse(images.to(self.device), scale)
-        raw = scoring.sparse_to_map(sparse, images.shape[-2:], self.channels, cfg.patch.size, cfg.patch.stride)
-        return scoring.gaussian_smooth(raw, cfg.score.smooth_sigma)
+        maps = []
+        # One image at a time: matrix-product blocking then never depends on the batch, so a
+        # map is bit-identical whatever batch or shard the image came in.
+        for index in range(images.shape[0]):
+            sparse = self.sparse(
+                images[index : index + 1].to(self.device), None if scale is None else scale[index : index + 1]
+            )
+            raw = scoring.sparse_to_map(sparse, images.shape[-2:], self.channels, cfg.patch.size, cfg.patch.stride)
+            maps.append(scoring.gaussian_smooth(raw, cfg.score.smooth_sigma))
+        return torch.cat(maps)
 
     def tiled_map(self, image: torch.Tensor) -> torch.Tensor:
         """(C, h, w) -> (h, w) map, scored in overlapping tiles of `data.tile_size` px so memory
