@@ -40,6 +40,7 @@ def build_model(config_dict: dict[str, Any], mean: torch.Tensor, basis: torch.Te
         kind=m.layer,
         learn=False,
         relative_threshold=m.relative_threshold,
+        fista=m.fista,
     )
 
 

@@ -53,6 +53,7 @@ class ModelConfig:
     step: float = _opt(1.0, low=0.0, high=1.0, open_low=True)
     lam: float = _opt(1.0, low=0.0, open_low=True)
     relative_threshold: bool = _opt(True)
+    fista: bool = _opt(False)
     learn: bool = _opt(True)
 
 

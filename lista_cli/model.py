@@ -8,7 +8,8 @@ LISTA learns the same layers:  s_{k+1} = soft(W_e x + W_s s_k, theta_k)  with
     full   : W_e, W_s free (d x d), init W_e = eta Q, W_s = I - eta Q
     cp     : one W, W_e = W, W_s = I - W (LISTA-CP), init W = eta Q
     alista : Q fixed, a step gamma_k per layer (ALISTA-style), init gamma_k = eta
-and theta_k = exp(log_theta_k) [* sigma], init eta lam. With `relative_threshold`, sigma
+and theta_k = exp(log_theta_k) [* sigma], init eta lam. With `fista`, each layer starts from
+FISTA's extrapolated point (Beck & Teboulle 2009), the accelerated baseline. With `relative_threshold`, sigma
 is a robust noise scale of the image's own residual Q x (1.4826 * median |Q x|), so
 bright, dark and low-contrast images share the thresholds.
 """
@@ -57,6 +58,7 @@ class UnfoldedISTA(nn.Module):
         kind: str = "full",
         learn: bool = True,
         relative_threshold: bool = True,
+        fista: bool = False,
     ) -> None:
         super().__init__()
         if kind not in LAYER_KINDS:
@@ -67,6 +69,7 @@ class UnfoldedISTA(nn.Module):
         self.kind = kind
         self.layers = layers
         self.relative_threshold = relative_threshold
+        self.fista = fista
         self.register_buffer("mean", mean.clone().float())  # (d,)
         self.register_buffer("basis", basis.clone().float())  # (d, r)
         projector = torch.eye(dim) - basis @ basis.T  # Q, (d, d)
@@ -96,6 +99,16 @@ class UnfoldedISTA(nn.Module):
         sigma = 1.4826 * residual.median(dim=1).values
         return sigma.clamp(min=1e-4).view(-1, 1, 1)
 
+    def _layer_input(
+        self, k: int, centred: torch.Tensor, point: torch.Tensor, drive: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The argument of layer k's soft threshold at the current point s (all-zero at k = 0)."""
+        if self.kind == "full":
+            return drive if k == 0 else drive + point @ self.w_state.T
+        if self.kind == "cp":
+            return point + (centred - point) @ self.w_step.T
+        return point + self.gamma[k] * self.project_out(centred - point)
+
     def forward(self, patches: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         """(B, N, d) raw patch rows -> sparse part S_K, (B, N, d).
 
@@ -107,20 +120,15 @@ class UnfoldedISTA(nn.Module):
         thresholds = self.log_theta.exp()  # (K,)
         if scale is None:
             scale = self.noise_scale(centred)  # (B, 1, 1)
-        if self.kind == "full":
-            drive = centred @ self.w_enc.T  # W_e x, shared by all layers
-            sparse = soft_threshold(drive, thresholds[0] * scale)
-            for k in range(1, self.layers):
-                sparse = soft_threshold(drive + sparse @ self.w_state.T, thresholds[k] * scale)
-        elif self.kind == "cp":
-            sparse = soft_threshold(centred @ self.w_step.T, thresholds[0] * scale)
-            for k in range(1, self.layers):
-                update = (centred - sparse) @ self.w_step.T
-                sparse = soft_threshold(sparse + update, thresholds[k] * scale)
-        else:
-            residual = self.project_out(centred)
-            sparse = soft_threshold(self.gamma[0] * residual, thresholds[0] * scale)
-            for k in range(1, self.layers):
-                update = self.project_out(centred - sparse)
-                sparse = soft_threshold(sparse + self.gamma[k] * update, thresholds[k] * scale)
+        drive = centred @ self.w_enc.T if self.kind == "full" else None  # W_e x, shared by all layers
+        sparse = torch.zeros_like(centred)
+        previous, momentum_t = sparse, 1.0
+        for k in range(self.layers):
+            point = sparse
+            if self.fista:  # FISTA: extrapolate from the last two iterates
+                next_t = (1 + math.sqrt(1 + 4 * momentum_t**2)) / 2
+                point = sparse + ((momentum_t - 1) / next_t) * (sparse - previous)
+                momentum_t = next_t
+            previous = sparse
+            sparse = soft_threshold(self._layer_input(k, centred, point, drive), thresholds[k] * scale)
         return sparse

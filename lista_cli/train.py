@@ -176,6 +176,7 @@ def train(
         kind=m.layer,
         learn=m.learn,
         relative_threshold=m.relative_threshold,
+        fista=m.fista,
     )
     detector = Detector(model, cfg, channels)
     val_images, val_masks = validation_set(held_out, cfg, cfg.train.seed)

@@ -78,3 +78,26 @@ def test_subspace_is_orthonormal_and_keeps_energy():
     centred = data - mean
     kept = (centred @ basis).pow(2).sum() / centred.pow(2).sum()
     assert kept >= 0.9 - 1e-3
+
+
+def fista_reference(x, basis, lam, iterations, scale):
+    """Plain float64 FISTA (Beck & Teboulle) with step 1 and a dense Q."""
+    projector = torch.eye(x.shape[-1], dtype=torch.float64) - basis @ basis.T
+    s = previous = torch.zeros_like(x)
+    t = 1.0
+    for _ in range(iterations):
+        next_t = (1 + (1 + 4 * t * t) ** 0.5) / 2
+        y = s + ((t - 1) / next_t) * (s - previous)
+        previous, s, t = s, soft_threshold(y + (x - y) @ projector, lam * scale), next_t
+    return s
+
+
+@pytest.mark.parametrize("kind", ["full", "cp", "alista"])
+def test_fista_switch_equals_fista(kind):
+    gen = torch.Generator().manual_seed(11)
+    mean, basis, patches = _random_problem(gen)
+    model = UnfoldedISTA(mean, basis, layers=12, lam=0.3, kind=kind, learn=False, relative_threshold=False, fista=True)
+    expected = fista_reference(patches.double() - mean.double(), basis.double(), 0.3, 12, 1.0)
+    assert float((model.double()(patches.double()) - expected).abs().max()) < 1e-5
+    plain = UnfoldedISTA(mean, basis, layers=12, lam=0.3, kind=kind, learn=False, relative_threshold=False)
+    assert float((plain.double()(patches.double()) - expected).abs().max()) > 1e-4  # momentum matters

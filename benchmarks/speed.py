@@ -1,0 +1,184 @@
+"""Detect speed against the floor: images/s end to end and model forward, FLOP efficiency, memory.
+
+Models are trained on sample_data (RGB, and a gray copy) at native resolution
+(data.image_size=null), so a 1024² image really is scored at 1024². For each size and
+channel count: end-to-end `detect` images/s (read PNG, model, write heatmap, mask, map,
+scores row), forward-only images/s, the forward's FLOP count divided by the matrix-multiply
+rate measured in this run (its floor), the efficiency floor/actual, and the peak resident
+memory of a fresh process scoring one image. Also the default config (image_size=128) at 256².
+
+    python benchmarks/speed.py [--sizes 128,256,512,1024] [--huge]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lista_cli import patches
+from lista_cli.checkpoint import load_checkpoint
+from lista_cli.config import load_config
+from lista_cli.detect import detect
+from lista_cli.inputs import collect_inputs
+from lista_cli.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "sample_data" / "paper_BRG01"
+
+
+def forward_flops(detector, height: int, width: int) -> float:
+    """Multiply-adds x 2 of the K layers' matrix products for one image (LISTA-CP / full)."""
+    cfg = detector.config
+    rows, cols = patches.grid_shape(height, width, cfg.patch.size, cfg.patch.stride)
+    count, dim, rank = rows * cols, detector.model.dim, detector.model.basis.shape[1]
+    per_layer = 2 * count * dim * dim if detector.model.kind != "alista" else 4 * count * dim * rank
+    return detector.model.layers * per_layer + 4 * count * dim * rank  # + the noise scale's projection
+
+
+def matmul_rate(count: int, dim: int) -> float:
+    """FLOP/s of (count x dim) @ (dim x dim) in float32 on this machine, best of 5."""
+    a, b = torch.rand(count, dim), torch.rand(dim, dim)
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(5):
+            a @ b
+        best = min(best, (time.perf_counter() - started) / 5)
+    return 2 * count * dim * dim / best
+
+
+def texture_images(folder: Path, size: int, channels: int, count: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    source = Image.open(sorted((SAMPLE / "train" / "good").glob("*.png"))[0])
+    source = source.convert("RGB" if channels == 3 else "L").resize((size, size))
+    for i in range(count):
+        (source.rotate(90 * (i % 4))).save(folder / f"img{i:03d}.png")
+
+
+def peak_memory(model: Path, image: Path, out: Path) -> float:
+    """Peak RSS (MB) of a fresh `lista detect` process on one image."""
+    code = (
+        "import resource, sys; from lista_cli.cli import app; sys.argv=['lista','detect',"
+        f"'{model}','{image}','--out','{out}','-q']\n"
+        "try:\n    app()\nexcept SystemExit:\n    pass\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return int(output.strip().splitlines()[-1]) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="128,256,512,1024")
+    parser.add_argument("--huge", action="store_true", help="also one 8000x8000 gray image in tiles")
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/speed.json"))
+    args = parser.parse_args()
+    torch.set_flush_denormal(True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        gray_data = tmp / "gray" / "train" / "good"
+        gray_data.mkdir(parents=True)
+        for path in (SAMPLE / "train" / "good").glob("*.png"):
+            Image.open(path).convert("L").save(gray_data / path.name)
+        models = {}
+        for channels, data in ((3, SAMPLE), (1, tmp / "gray")):
+            models[channels] = tmp / f"native{channels}.pt"
+            train(data, load_config(None, ["data.image_size=null", "train.steps=20"]), models[channels])
+        default_model = tmp / "default.pt"
+        train(SAMPLE, load_config(None, ["train.steps=20"]), default_model)
+        cases = [(s, c, models[c], "native") for s in map(int, args.sizes.split(",")) for c in (1, 3)]
+        cases.append((256, 3, default_model, "default (resized to 128)"))
+        for size, channels, model, mode in cases:
+            detector = load_checkpoint(model)
+            count = max(4, min(64, 2**22 // (size * size)))
+            folder = tmp / f"in{size}_{channels}_{len(rows)}"
+            texture_images(folder, size, channels, count)
+            inputs = collect_inputs([str(folder)]).images
+            detect(detector, inputs[:2], tmp / "warm")
+            out = tmp / f"out{len(rows)}"
+            summary = detect(detector, inputs, out)
+            end_to_end = summary.processed / summary.seconds
+            image = detector.prepare(
+                np.asarray(Image.open(inputs[0].path), dtype=np.float32)[..., None] / 255
+                if channels == 1
+                else np.asarray(Image.open(inputs[0].path), np.float32) / 255
+            )
+            rows_in = patches.unfold(image[None], detector.config.patch.size, detector.config.patch.stride)
+            with torch.inference_mode():
+                detector.model(rows_in)
+                started = time.perf_counter()
+                repeats = max(2, count // 4)
+                for _ in range(repeats):
+                    detector.model(rows_in)
+                forward_s = (time.perf_counter() - started) / repeats
+            h, w = image.shape[-2:]
+            flops = forward_flops(detector, h, w)
+            rate = matmul_rate(rows_in.shape[1], detector.model.dim)
+            floor_s = flops / rate
+            memory = peak_memory(model, inputs[0].path, tmp / "mem")
+            row = {
+                "size": size,
+                "channels": channels,
+                "mode": mode,
+                "model_side": f"{w}x{h}",
+                "end_to_end_img_s": end_to_end,
+                "forward_img_s": 1 / forward_s,
+                "gflop": flops / 1e9,
+                "matmul_gflop_s": rate / 1e9,
+                "floor_img_s": 1 / floor_s,
+                "efficiency": floor_s / forward_s,
+                "end_to_end_share_of_forward": end_to_end * forward_s,
+                "peak_rss_mb": memory,
+            }
+            rows.append(row)
+            print(row, file=sys.stderr, flush=True)
+        if args.huge:
+            folder = tmp / "huge"
+            folder.mkdir()
+            ys, xs = np.mgrid[0:8000, 0:8000]
+            Image.fromarray(((np.sin(xs / 5) * np.cos(ys / 7) + 1) * 100).astype(np.uint8)).save(folder / "huge.png")
+            del ys, xs
+            started = time.perf_counter()
+            memory = peak_memory(models[1], folder / "huge.png", tmp / "hugeout")
+            huge = {
+                "image": "8000x8000 gray, native resolution, tiles of 1024",
+                "peak_rss_mb": memory,
+                "seconds": time.perf_counter() - started,
+            }
+            print(huge, file=sys.stderr)
+    print(
+        "| image | mode | detect img/s (end to end) | forward img/s | floor img/s | forward efficiency |"
+        " end to end / forward | GFLOP | peak RSS MB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        kind = "RGB" if r["channels"] == 3 else "gray"
+        print(
+            f"| {r['size']}² {kind} | {r['mode']} | {r['end_to_end_img_s']:.1f} | {r['forward_img_s']:.1f} |"
+            f" {r['floor_img_s']:.1f} | {100 * r['efficiency']:.0f} % |"
+            f" {100 * r['end_to_end_share_of_forward']:.0f} % |"
+            f" {r['gflop']:.2f} | {r['peak_rss_mb']:.0f} |"
+        )
+    if args.huge:
+        print(f"\n8000x8000 gray (native, tiled): peak RSS {huge['peak_rss_mb']:.0f} MB, {huge['seconds']:.1f} s")
+    print(
+        f"\nmachine: {torch.get_num_threads()} torch threads, torch {torch.__version__};"
+        f" process baseline RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
+    )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"rows": rows, "huge": huge if args.huge else None}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
