@@ -49,10 +49,10 @@ def oracle_alpha(y, blur, reg, sharp) -> tuple[float, np.ndarray]:
     def loss(log_alpha):
         return -psnr(sharp, np.clip(tikhonov(y, blur, 10**log_alpha, reg).image, 0, 1))
 
-    grid = np.linspace(-6, 1, 15)
+    grid = np.linspace(-6, 1, 11)
     best = int(np.argmin([loss(g) for g in grid]))
     low, high = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
-    for _ in range(25):
+    for _ in range(16):
         a, b = high - 0.618 * (high - low), low + 0.618 * (high - low)
         if loss(a) < loss(b):
             high = b

@@ -355,16 +355,20 @@ def deblur(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (mirrors input folders; PNG).")],
     alpha: Annotated[str, typer.Option("--alpha", help="Regularisation weight: auto or a positive number.")] = "auto",
     reg: Annotated[
-        str, typer.Option("--reg", help="identity (classical Tikhonov) or laplacian (smoothness).")
-    ] = "identity",
+        str, typer.Option("--reg", help="laplacian (smoothness) or identity (classical Tikhonov).")
+    ] = "laplacian",
     boundary: BoundaryOpt = "reflect",
     noise_sigma: Annotated[
         float | None,
         typer.Option("--noise-sigma", help="Noise std in [0,1] units for --alpha auto; estimated if unset."),
     ] = None,
     alpha_rule: Annotated[
-        str, typer.Option("--alpha-rule", help="discrepancy or gcv, for --alpha auto.")
-    ] = "discrepancy",
+        str | None,
+        typer.Option(
+            "--alpha-rule",
+            help="upre, discrepancy or gcv for --alpha auto (default: upre with laplacian, discrepancy with identity).",
+        ),
+    ] = None,
     reference: Annotated[
         Path | None, typer.Option("--reference", help="Folder of sharp originals: report PSNR and SSIM.")
     ] = None,
@@ -393,8 +397,8 @@ def deblur(
                 raise ListaError(f"--alpha must be positive, got {alpha}")
         if reg not in ("identity", "laplacian"):
             raise ListaError(f"--reg must be identity or laplacian, got {reg!r}")
-        if alpha_rule not in ("discrepancy", "gcv"):
-            raise ListaError(f"--alpha-rule must be discrepancy or gcv, got {alpha_rule!r}")
+        if alpha_rule not in (None, "upre", "discrepancy", "gcv"):
+            raise ListaError(f"--alpha-rule must be upre, discrepancy or gcv, got {alpha_rule!r}")
         if reference is not None and not reference.is_dir():
             raise ListaError(f"--reference {reference}: no such folder")
         blur_op = Blur(parse_psf(psf), boundary)

@@ -73,7 +73,7 @@ def deblur_images(
     alpha: float | str = "auto",
     reg: str = "identity",
     noise_sigma: float | None = None,
-    rule: str = "discrepancy",
+    rule: str | None = None,
     reference_dir: Path | None = None,
     **callbacks: Any,
 ) -> BatchSummary:
