@@ -68,11 +68,12 @@ def texture_images(folder: Path, size: int, channels: int, count: int) -> None:
 def peak_memory(model: Path, image: Path, out: Path) -> float:
     """Peak RSS (MB) of a fresh `lista detect` process on one image."""
     code = (
-        "import resource, sys; from lista_cli.cli import app; sys.argv=['lista','detect',"
+        "import sys; from lista_cli.cli import app; sys.argv=['lista','detect',"
         f"'{model}','{image}','--out','{out}','-q']\n"
         "try:\n    app()\nexcept SystemExit:\n    pass\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        "print([line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM')][0])"
     )
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent.
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return int(output.strip().splitlines()[-1]) / 1024
 
