@@ -17,7 +17,7 @@ from . import __version__
 from .config import ConfigError, from_dict
 from .errors import ListaError
 from .imageio import atomic_write
-from .model import UnfoldedISTA
+from .model import build_model
 from .pipeline import Detector
 
 FORMAT = "lista-checkpoint"
@@ -28,20 +28,9 @@ class CheckpointError(ListaError):
     """A model file that cannot be used (exit code 1)."""
 
 
-def build_model(config_dict: dict[str, Any], mean: torch.Tensor, basis: torch.Tensor):
+def _rebuild(config_dict: dict[str, Any], mean: torch.Tensor, basis: torch.Tensor):
     cfg = from_dict(config_dict)
-    m = cfg.model
-    return cfg, UnfoldedISTA(
-        mean,
-        basis,
-        layers=m.layers,
-        step=m.step,
-        lam=m.lam,
-        kind=m.layer,
-        learn=False,
-        relative_threshold=m.relative_threshold,
-        fista=m.fista,
-    )
+    return cfg, build_model(mean, basis, cfg.model, learn=False)
 
 
 def save_checkpoint(path: str | Path, detector: Detector, extra: dict[str, Any] | None = None) -> None:
@@ -88,7 +77,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Det
         )
     try:
         state = payload["state"]
-        config, model = build_model(payload["config"], state["mean"], state["basis"])
+        config, model = _rebuild(payload["config"], state["mean"], state["basis"])
         model.load_state_dict(state)
     except (KeyError, TypeError, RuntimeError, ConfigError) as exc:
         raise CheckpointError(f"{path}: damaged lista checkpoint ({str(exc).splitlines()[0][:100]})") from None

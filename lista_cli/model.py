@@ -132,3 +132,18 @@ class UnfoldedISTA(nn.Module):
             previous = sparse
             sparse = soft_threshold(self._layer_input(k, centred, point, drive), thresholds[k] * scale)
         return sparse
+
+
+def build_model(mean: torch.Tensor, basis: torch.Tensor, m, learn: bool) -> UnfoldedISTA:
+    """The model a `ModelConfig` describes, around a fitted mean and subspace."""
+    return UnfoldedISTA(
+        mean,
+        basis,
+        layers=m.layers,
+        step=m.step,
+        lam=m.lam,
+        kind=m.layer,
+        learn=learn,
+        relative_threshold=m.relative_threshold,
+        fista=m.fista,
+    )

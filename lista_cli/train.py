@@ -19,7 +19,7 @@ from .errors import ListaError
 from .imageio import ImageError, read_image
 from .inputs import collect_inputs
 from .metrics import roc_auc
-from .model import UnfoldedISTA, fit_subspace
+from .model import build_model, fit_subspace
 from .pipeline import Detector, to_tensor
 from .scoring import calibrate
 
@@ -167,17 +167,7 @@ def train(
         rows = rows[torch.randperm(len(rows), generator=rng)[:MAX_PCA_ROWS]]
     mean, basis = fit_subspace(rows, cfg.model.energy, cfg.model.max_rank)
     m = cfg.model
-    model = UnfoldedISTA(
-        mean,
-        basis,
-        layers=m.layers,
-        step=m.step,
-        lam=m.lam,
-        kind=m.layer,
-        learn=m.learn,
-        relative_threshold=m.relative_threshold,
-        fista=m.fista,
-    )
+    model = build_model(mean, basis, m, learn=m.learn)
     detector = Detector(model, cfg, channels)
     val_images, val_masks = validation_set(held_out, cfg, cfg.train.seed)
     val_start = validation_auroc(detector, val_images, val_masks)
