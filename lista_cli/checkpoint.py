@@ -83,7 +83,3 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Det
         raise CheckpointError(f"{path}: damaged lista checkpoint ({str(exc).splitlines()[0][:100]})") from None
     model.eval().to(device)
     return Detector(model, config, int(payload["channels"]), dict(payload.get("calibration") or {}))
-
-
-def read_extra(path: str | Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True).get("extra", {})

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .blur import Blur, psf_is_symmetric
+from .blur import Blur, psf_is_symmetric, symmetric_index
 from .errors import ListaError
 
 LAPLACIAN = np.array([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
@@ -87,12 +87,6 @@ class Spectral:
     crop: tuple[int, int, int, int] | None = None  # (top, left, height, width) after padding
 
 
-def _unit(shape: tuple[int, int]) -> np.ndarray:
-    e = np.zeros(shape)
-    e[0, 0] = 1.0
-    return e
-
-
 def _cosine_eigenvalues(kernel: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Eigenvalues in the DCT-II basis of a symmetric kernel under the half-sample symmetric
     boundary: sum_ij kernel[i, j] cos(pi k i / H) cos(pi l j / W), offsets from the centre."""
@@ -144,16 +138,10 @@ def _prepare(spec: Spectral, image: np.ndarray) -> np.ndarray:
     image = _channels(image)
     if spec.crop:
         top, left, _, _ = spec.crop
-        rows = _sym_index(image.shape[0], top)
-        cols = _sym_index(image.shape[1], left)
+        rows = symmetric_index(image.shape[0], top)
+        cols = symmetric_index(image.shape[1], left)
         image = image[np.ix_(rows, cols)]
     return np.stack([spec.forward(image[..., c]) for c in range(image.shape[-1])])
-
-
-def _sym_index(size: int, pad: int) -> np.ndarray:
-    from .blur import symmetric_index
-
-    return symmetric_index(size, pad)
 
 
 def _filter(spec: Spectral, alpha: float) -> tuple[np.ndarray, np.ndarray]:
@@ -162,11 +150,6 @@ def _filter(spec: Spectral, alpha: float) -> tuple[np.ndarray, np.ndarray]:
     denominator = power + alpha * spec.dtd
     denominator = np.where(denominator > 0, denominator, 1.0)
     return np.conj(spec.a) / denominator, alpha * spec.dtd / denominator
-
-
-def residual_norm2(spec: Spectral, coeffs: np.ndarray, alpha: float) -> float:
-    """||A x_alpha - y||^2 summed over channels (Parseval in the transform domain)."""
-    return _curve(spec, coeffs).residual(alpha)
 
 
 class _ResidualCurve:

@@ -50,3 +50,17 @@ def make_mvtec(root: Path, rng: np.random.Generator, size: tuple[int, int] = (37
 @pytest.fixture
 def mvtec(tmp_path: Path, rng: np.random.Generator) -> Path:
     return make_mvtec(tmp_path / "data", rng)
+
+
+FAST_TRAIN = ["--set", "train.steps=3", "--set", "train.val_every=1", "--set", "train.batch=2", "--quiet"]
+
+
+def train_tiny(data: Path, out: Path, *extra: str) -> Path:
+    """Train a model for a few steps through the real CLI; fail the test if it does not exit 0."""
+    from typer.testing import CliRunner
+
+    from lista_cli.cli import app
+
+    result = CliRunner().invoke(app, ["train", str(data), "--out", str(out), *FAST_TRAIN, *extra])
+    assert result.exit_code == 0, result.output
+    return out

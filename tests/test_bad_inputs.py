@@ -13,13 +13,12 @@ from lista_cli.cli import app
 from lista_cli.imageio import read_image
 
 runner = CliRunner()
-FAST = ["--set", "train.steps=2", "--set", "train.val_every=1", "--set", "train.batch=2", "--quiet"]
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """An RGB model, a gray model and a native-resolution RGB model, trained once."""
-    from .conftest import make_mvtec
+    from .conftest import make_mvtec, train_tiny
 
     root = tmp_path_factory.mktemp("bad")
     rng = np.random.default_rng(0)
@@ -34,9 +33,7 @@ def models(tmp_path_factory):
         ("gray", gray, []),
         ("native", data, ["--set", "data.image_size=null"]),
     ]:
-        out[name] = root / f"{name}.pt"
-        result = runner.invoke(app, ["train", str(folder), "--out", str(out[name]), *FAST, *extra])
-        assert result.exit_code == 0, result.output
+        out[name] = train_tiny(folder, root / f"{name}.pt", *extra)
     return out
 
 

@@ -15,7 +15,7 @@ from lista_cli.detect import detect
 from lista_cli.imageio import read_image
 from lista_cli.inputs import InputError, InputImage, collect_inputs, parse_shard, select_shard
 
-from .conftest import texture
+from .conftest import texture, train_tiny
 
 runner = CliRunner()
 
@@ -32,9 +32,7 @@ def setup(tmp_path_factory):
         sub = images / f"line{i % 3}"
         sub.mkdir(parents=True, exist_ok=True)
         Image.fromarray(texture(rng, 37, 45)).save(sub / f"img{i:02d}.png")
-    model = root / "m.pt"
-    args = ["train", str(data), "--out", str(model), "--set", "train.steps=3", "--set", "train.batch=2", "-q"]
-    assert runner.invoke(app, args).exit_code == 0
+    model = train_tiny(data, root / "m.pt")
     return model, images
 
 
