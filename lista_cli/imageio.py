@@ -108,7 +108,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
 
 def save_png(path: str | Path, array: np.ndarray) -> None:
     """Write a uint8 (H, W) or (H, W, 3) array as PNG, atomically."""
-    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+    # compress_level 1: ~5x faster to encode than the default 6, files ~10 % larger.
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG", compress_level=1))
 
 
 def save_npy(path: str | Path, array: np.ndarray) -> None:

@@ -27,12 +27,14 @@ class Result(NamedTuple):
 
 def to_tensor(array: np.ndarray, channels: int, image_size: int | None) -> torch.Tensor:
     """(H, W, C) float array -> (channels, h, w) tensor at the model's resolution."""
-    tensor = torch.from_numpy(np.ascontiguousarray(to_channels(array, channels))).permute(2, 0, 1)
+    planar = np.ascontiguousarray(np.moveaxis(to_channels(array, channels), -1, 0))  # (C, H, W)
+    tensor = torch.from_numpy(planar)
     height, width = tensor.shape[-2:]
     target = resized_shape(height, width, image_size)
-    if target != (height, width):
+    if target != (height, width):  # antialiased resampling can overshoot [0, 1] slightly
         tensor = F.interpolate(tensor[None], size=target, mode="bilinear", antialias=True, align_corners=False)[0]
-    return tensor.clamp(0, 1)
+        tensor = tensor.clamp_(0, 1)
+    return tensor
 
 
 @dataclass

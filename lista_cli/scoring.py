@@ -29,7 +29,8 @@ def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
 def sparse_to_map(sparse: torch.Tensor, size: tuple[int, int], channels: int, patch: int, stride: int) -> torch.Tensor:
     """(B, N, C*p*p) sparse rows -> (B, H, W): per-pixel ||s|| over channels, overlap-averaged."""
     batch, count, _ = sparse.shape
-    norms = sparse.view(batch, count, channels, patch * patch).norm(dim=2)  # (B, N, p*p)
+    # sqrt of a sum of squares: torch's norm over a strided middle dimension is ~10x slower.
+    norms = sparse.view(batch, count, channels, patch * patch).square().sum(dim=2).sqrt()  # (B, N, p*p)
     return patches.fold(norms, size, patch, stride)[:, 0]
 
 
