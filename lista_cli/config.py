@@ -69,6 +69,7 @@ class TrainConfig:
     cutpaste_share: float = _opt(0.5, low=0.0, high=1.0)
     holdout: float = _opt(0.2, low=0.0, high=0.9, open_low=True)
     val_every: int = _opt(25, low=1)
+    validation_defects: str = _opt("both", choices=("both", "drawn", "cutpaste"))
     seed: int = _opt(0, low=0)
     threads: int = _opt(0, low=0)
 

@@ -15,6 +15,7 @@ from . import patches
 from .checkpoint import save_checkpoint
 from .config import Config
 from .cutpaste import cutpaste
+from .defects import drawn_defect
 from .errors import ListaError
 from .imageio import ImageError, read_image
 from .inputs import collect_inputs
@@ -117,7 +118,9 @@ def _gather(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 def validation_set(
     images: list[torch.Tensor], config: Config, seed: int, copies: int = 2
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Held-out normal images, each clean and with `copies` seeded CutPaste defects."""
+    """Held-out normal images, each clean and with `copies` seeded synthetic defects:
+    drawn scratches and stains (a different kind from the CutPaste the model trains on, so
+    keeping the best step does not only reward fitting CutPaste), CutPaste, or both."""
     rng = torch.Generator().manual_seed(seed + 7919)
     shapes = {tuple(t.shape) for t in images}
     if len(shapes) > 1:  # differing sizes: validate on common-size centre crops
@@ -127,8 +130,14 @@ def validation_set(
     for image in images:
         val_images.append(image)
         val_masks.append(torch.zeros(image.shape[-2:], dtype=torch.bool))
-        for _ in range(copies):
-            augmented, mask = cutpaste(image, rng, config.cutpaste)
+        for copy_index in range(copies):
+            kind = config.train.validation_defects
+            if kind == "both":
+                kind = "drawn" if copy_index % 2 == 0 else "cutpaste"
+            if kind == "drawn":
+                augmented, mask = drawn_defect(image, rng)
+            else:
+                augmented, mask = cutpaste(image, rng, config.cutpaste)
             val_images.append(augmented)
             val_masks.append(mask)
     return torch.stack(val_images), torch.stack(val_masks)

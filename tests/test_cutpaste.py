@@ -53,3 +53,18 @@ def test_scar_is_thin_and_scales_with_size():
     assert max(big) <= max_area
     assert min(big) >= math.floor(cfg.scar_width[0] * cfg.scar_length[0] * 0.5)
     assert sum(small) < sum(big) / 2
+
+
+def test_drawn_defects_are_seeded_and_masked():
+    from lista_cli.defects import scratch, stain
+
+    image = _image(9, (1, 70, 57))
+    for draw in (scratch, stain):
+        a = draw(image, torch.Generator().manual_seed(1))
+        b = draw(image, torch.Generator().manual_seed(1))
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        augmented, mask = a
+        assert mask.shape == (70, 57) and mask.any() and mask.float().mean() < 0.2
+        assert (augmented[:, mask] != image[:, mask]).any()
+    augmented, mask = scratch(image, torch.Generator().manual_seed(2))
+    assert torch.equal(augmented[:, ~mask], image[:, ~mask])  # a scratch changes only its own pixels
