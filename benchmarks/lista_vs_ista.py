@@ -64,7 +64,7 @@ def measure(detector, folder: Path, synthetic) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--types", default="PA_GLA01_TL")
+    parser.add_argument("--types", default="PA_GLA01_TL,PA_BTN01_RL,PA_BRG01_RL")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/lista_vs_ista.json"))
     args = parser.parse_args()
     torch.set_flush_denormal(True)

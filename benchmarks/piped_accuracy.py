@@ -5,6 +5,7 @@ maps and image scores), training time, and `detect` end to end (read, model, wri
 outputs) in images/s. Prints a table and writes JSON.
 
     python benchmarks/piped_accuracy.py [--data ../shared/data/piped] [--json out.json]
+    python benchmarks/piped_accuracy.py --data ../shared/data/brick --json benchmarks/results/brick.json
 """
 
 from __future__ import annotations
@@ -67,7 +68,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    types = sorted(p for p in args.data.iterdir() if (p / "train" / "good").is_dir())
+    # A folder of categories (piped/) or one category folder (brick/).
+    if (args.data / "train" / "good").is_dir():
+        types = [args.data]
+    else:
+        types = sorted(p for p in args.data.iterdir() if (p / "train" / "good").is_dir())
     results: dict[str, dict[str, dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for folder in types:
