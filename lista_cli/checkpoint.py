@@ -19,9 +19,11 @@ from .errors import ListaError
 from .imageio import atomic_write
 from .model import build_model
 from .pipeline import Detector
+from .typicality import CodeBank
 
 FORMAT = "lista-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added the background code bank; 1 (no bank) still loads
+READABLE_VERSIONS = (1, 2)
 
 
 class CheckpointError(ListaError):
@@ -33,8 +35,12 @@ def _rebuild(config_dict: dict[str, Any], mean: torch.Tensor, basis: torch.Tenso
     return cfg, build_model(mean, basis, cfg.model, learn=False)
 
 
+def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
 def save_checkpoint(path: str | Path, detector: Detector, extra: dict[str, Any] | None = None) -> None:
-    state = {k: v.detach().cpu().clone() for k, v in detector.model.state_dict().items()}
+    state = _cpu_state(detector.model)
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -43,6 +49,7 @@ def save_checkpoint(path: str | Path, detector: Detector, extra: dict[str, Any] 
         "channels": detector.channels,
         "calibration": detector.calibration,
         "state": state,
+        "bank": None if detector.bank is None else _cpu_state(detector.bank),
         "extra": extra or {},
     }
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
@@ -69,7 +76,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Det
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a lista checkpoint (no '{FORMAT}' header)")
-    if payload.get("format_version") != FORMAT_VERSION:
+    if payload.get("format_version") not in READABLE_VERSIONS:
         raise CheckpointError(
             f"{path}: checkpoint format {payload.get('format_version')} from lista"
             f" {payload.get('lista_version')} is incompatible with this lista {__version__}"
@@ -79,7 +86,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Det
         state = payload["state"]
         config, model = _rebuild(payload["config"], state["mean"], state["basis"])
         model.load_state_dict(state)
+        bank = payload.get("bank")
+        bank = None if bank is None else CodeBank(bank["basis"], bank["codes"]).to(device)
     except (KeyError, TypeError, RuntimeError, ConfigError) as exc:
         raise CheckpointError(f"{path}: damaged lista checkpoint ({str(exc).splitlines()[0][:100]})") from None
     model.eval().to(device)
-    return Detector(model, config, int(payload["channels"]), dict(payload.get("calibration") or {}))
+    return Detector(model, config, int(payload["channels"]), dict(payload.get("calibration") or {}), bank)

@@ -55,6 +55,8 @@ class ModelConfig:
     relative_threshold: bool = _opt(True)
     fista: bool = _opt(False)
     learn: bool = _opt(True)
+    background: str = _opt("global", choices=("global", "image", "both"))
+    image_threshold: float = _opt(0.1, low=0.0, high=1.0, open_low=True, open_high=True)
 
 
 @dataclass
@@ -93,6 +95,8 @@ class ScoreConfig:
     top_k: float = _opt(0.01, low=0.0, high=1.0, open_low=True)
     threshold_quantile: float = _opt(0.99, low=0.0, high=1.0)
     threshold_margin: float = _opt(1.1, low=0.0, open_low=True)
+    bank_size: int = _opt(4096, low=0)
+    code_energy: float = _opt(0.97, low=0.0, high=1.0, open_low=True, open_high=True)
 
 
 @dataclass

@@ -8,7 +8,17 @@ LISTA learns the same layers:  s_{k+1} = soft(W_e x + W_s s_k, theta_k)  with
     full   : W_e, W_s free (d x d), init W_e = eta Q, W_s = I - eta Q
     cp     : one W, W_e = W, W_s = I - W (LISTA-CP), init W = eta Q
     alista : Q fixed, a step gamma_k per layer (ALISTA-style), init gamma_k = eta
-and theta_k = exp(log_theta_k) [* sigma], init eta lam. With `fista`, each layer starts from
+and theta_k = exp(log_theta_k) [* sigma], init eta lam.
+
+`background` chooses what explains normal texture (DESIGN.md, "a second source"):
+    global : the training subspace U alone (the layers above);
+    image  : the image's own repeating structure: each layer first takes a low-rank
+             estimate of the image's patch matrix, L_k = SVT(X - S_{k-1}, tau_k sigma_1)
+             (singular-value thresholding relative to the largest singular value sigma_1,
+             as in CORONA), then the sparse step on X - L_k with Q = I (W init eta I);
+             with eta = 1 that is alternating robust PCA, S_k = soft(X - L_k, theta_k);
+    both   : L_k as for image, and the sparse step keeps Q = I - U U^T.
+tau_k = exp(log_tau_k) is learned per layer. With `fista`, each layer starts from
 FISTA's extrapolated point (Beck & Teboulle 2009), the accelerated baseline. With `relative_threshold`, sigma
 is a robust noise scale of the image's own residual Q x (1.4826 * median |Q x|), so
 bright, dark and low-contrast images share the thresholds.
@@ -22,6 +32,7 @@ import torch
 from torch import nn
 
 LAYER_KINDS = ("full", "cp", "alista")
+BACKGROUNDS = ("global", "image", "both")
 
 
 def fit_subspace(
@@ -38,6 +49,50 @@ def fit_subspace(
     rank = int((share < energy).sum().item()) + 1
     rank = min(rank, len(mean) - 1, max_rank or len(mean))
     return mean.float(), eigenvectors[:, :rank].float().contiguous()
+
+
+IMAGE_RANK = 32  # at most this many of the image's own leading directions form L
+SUBSPACE_ROUNDS = 3  # subspace-iteration rounds for those directions
+
+
+@torch.no_grad()
+def image_directions(centred: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """(B, N, d) patch rows -> (B, d, q) leading right singular vectors of each image's matrix.
+
+    Subspace iteration on the d x d Gram matrix from `start` (d, q) (the leading directions
+    of normal training patches, close to any normal image's), then Rayleigh-Ritz. Far cheaper
+    than a full eigen-decomposition for RGB patches (d = 192); exact when q = d."""
+    gram = centred.transpose(1, 2) @ centred  # (B, d, d)
+    vectors = start.expand(gram.shape[0], -1, -1)
+    if start.shape[1] < start.shape[0]:
+        for _ in range(SUBSPACE_ROUNDS):
+            vectors = torch.linalg.qr(gram @ vectors).Q
+    rayleigh = vectors.transpose(1, 2) @ gram @ vectors  # (B, q, q)
+    _, rotation = torch.linalg.eigh(rayleigh.double())
+    return vectors @ rotation.to(vectors.dtype)
+
+
+def image_low_rank(residual: torch.Tensor, vectors: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """Singular-value thresholding of each image's patch matrix Z, (B, N, d) -> (B, N, d), in
+    the fixed directions `vectors` (B, d, q): sigma_i = ||Z v_i|| becomes
+    max(sigma_i - tau max_j sigma_j, 0). Exact SVT when the v_i are Z's right singular vectors.
+    The sigma_i are held fixed for the gradient (their derivative is undefined at 0); the
+    gradient still reaches Z and tau through the shrinkage."""
+    coefficients = residual @ vectors  # (B, N, q)
+    with torch.no_grad():
+        singular = coefficients.square().sum(dim=1).sqrt()  # (B, q)
+    cutoff = tau * singular.max(dim=1, keepdim=True).values
+    gain = torch.relu(singular - cutoff) / singular.clamp(min=1e-12)  # (B, q) in [0, 1]
+    return (coefficients * gain[:, None, :]) @ vectors.transpose(1, 2)
+
+
+def _leading_directions(basis: torch.Tensor, count: int) -> torch.Tensor:
+    """(d, count) orthonormal: the columns of `basis`, completed by a fixed orthonormal basis
+    of their complement."""
+    dim = basis.shape[0]
+    complement = torch.eye(dim) - basis @ basis.T
+    filler = torch.linalg.qr(complement @ torch.linspace(1, 2, dim * dim).view(dim, dim).sin()).Q
+    return torch.linalg.qr(torch.cat([basis, filler], dim=1)[:, :count]).Q.contiguous()
 
 
 def soft_threshold(values: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
@@ -59,10 +114,14 @@ class UnfoldedISTA(nn.Module):
         learn: bool = True,
         relative_threshold: bool = True,
         fista: bool = False,
+        background: str = "global",
+        image_threshold: float = 0.1,
     ) -> None:
         super().__init__()
         if kind not in LAYER_KINDS:
             raise ValueError(f"model.layer must be one of {', '.join(LAYER_KINDS)}, got {kind!r}")
+        if background not in BACKGROUNDS:
+            raise ValueError(f"model.background must be one of {', '.join(BACKGROUNDS)}, got {background!r}")
         if layers < 1:
             raise ValueError(f"model.layers must be >= 1, got {layers}")
         dim = mean.shape[0]
@@ -70,9 +129,12 @@ class UnfoldedISTA(nn.Module):
         self.layers = layers
         self.relative_threshold = relative_threshold
         self.fista = fista
+        self.background = background
         self.register_buffer("mean", mean.clone().float())  # (d,)
         self.register_buffer("basis", basis.clone().float())  # (d, r)
-        projector = torch.eye(dim) - basis @ basis.T  # Q, (d, d)
+        # What the sparse step cannot explain: Q = I - U U^T, or I when only the image's own
+        # low rank is the background.
+        projector = torch.eye(dim) if background == "image" else torch.eye(dim) - basis @ basis.T
         if kind == "full":
             self.w_enc = nn.Parameter(step * projector)
             self.w_state = nn.Parameter(torch.eye(dim) - step * projector)
@@ -81,6 +143,10 @@ class UnfoldedISTA(nn.Module):
         else:
             self.gamma = nn.Parameter(torch.full((layers,), float(step)))
         self.log_theta = nn.Parameter(torch.full((layers,), math.log(step * lam)))
+        if background != "global":
+            self.log_tau = nn.Parameter(torch.full((layers,), math.log(image_threshold)))
+            # Start of the subspace iteration for each image's own directions.
+            self.register_buffer("image_start", _leading_directions(basis, min(dim, IMAGE_RANK)))
         self.requires_grad_(learn)
 
     @property
@@ -90,6 +156,10 @@ class UnfoldedISTA(nn.Module):
     def project_out(self, rows: torch.Tensor) -> torch.Tensor:
         """Q rows = rows - (rows U) U^T, at O(d r) per row instead of O(d^2)."""
         return rows - (rows @ self.basis) @ self.basis.T
+
+    def explain_out(self, rows: torch.Tensor) -> torch.Tensor:
+        """The sparse step's projector: Q rows, or rows itself when background is image."""
+        return rows if self.background == "image" else self.project_out(rows)
 
     def noise_scale(self, centred: torch.Tensor) -> torch.Tensor:
         """Robust per-image scale of the residual, (B, 1, 1); ones without relative thresholds."""
@@ -110,7 +180,7 @@ class UnfoldedISTA(nn.Module):
         full and cp share the form W_e x + W_s s (for cp, s + W (x - s) with W_e = W and
         W_s = I - W), one fused matrix product per layer on top of the shared drive W_e x."""
         if self.kind == "alista":
-            return point + self.gamma[k] * self.project_out(centred - point)
+            return point + self.gamma[k] * self.explain_out(centred - point)
         if k == 0:
             return drive
         return torch.baddbmm(drive, point, state.T.expand(point.shape[0], -1, -1))
@@ -119,18 +189,25 @@ class UnfoldedISTA(nn.Module):
         """(B, N, d) raw patch rows -> sparse part S_K, (B, N, d).
 
         `scale` (B, 1, 1) overrides the per-image noise scale, for when `patches` is a
-        sample of an image's rows (training) rather than all of them."""
+        sample of an image's rows (training) rather than all of them. With an image
+        background, each of the B entries must hold all patches of one image."""
         if patches.dim() != 3 or patches.shape[-1] != self.dim:
             raise ValueError(f"Expected patches of shape (B, N, {self.dim}), got {tuple(patches.shape)}")
         centred = patches - self.mean  # x, (B, N, d)
         thresholds = self.log_theta.exp()  # (K,)
         if scale is None:
             scale = self.noise_scale(centred)  # (B, 1, 1)
-        drive = state = None
+        low_rank = self.background != "global"
+        taus = self.log_tau.exp() if low_rank else None
+        encoder = state = drive = None
         if self.kind == "full":
-            drive, state = centred @ self.w_enc.T, self.w_state  # W_e x is shared by all layers
+            encoder, state = self.w_enc, self.w_state
         elif self.kind == "cp":
-            drive, state = centred @ self.w_step.T, torch.eye(self.dim, device=centred.device) - self.w_step
+            encoder, state = self.w_step, torch.eye(self.dim, device=centred.device) - self.w_step
+        if encoder is not None and not low_rank:
+            drive = centred @ encoder.T  # W_e x is shared by all layers
+        if low_rank:  # the image's own directions, once per image; each layer re-weighs them
+            vectors = image_directions(centred, self.image_start)
         sparse = torch.zeros_like(centred)
         previous, momentum_t = sparse, 1.0
         for k in range(self.layers):
@@ -140,7 +217,14 @@ class UnfoldedISTA(nn.Module):
                 point = sparse + ((momentum_t - 1) / next_t) * (sparse - previous)
                 momentum_t = next_t
             previous = sparse
-            sparse = soft_threshold(self._layer_input(k, centred, point, drive, state), thresholds[k] * scale)
+            if low_rank:  # the sparse step sees X - L_k, L_k this image's own low-rank part
+                target = centred - image_low_rank(centred - point, vectors, taus[k])
+                if encoder is not None:
+                    drive = target @ encoder.T
+                layer_input = self._layer_input(k, target, point, drive, state)
+            else:
+                layer_input = self._layer_input(k, centred, point, drive, state)
+            sparse = soft_threshold(layer_input, thresholds[k] * scale)
         return sparse
 
 
@@ -156,4 +240,6 @@ def build_model(mean: torch.Tensor, basis: torch.Tensor, m, learn: bool) -> Unfo
         learn=learn,
         relative_threshold=m.relative_threshold,
         fista=m.fista,
+        background=m.background,
+        image_threshold=m.image_threshold,
     )

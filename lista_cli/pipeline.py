@@ -14,6 +14,7 @@ from . import patches, scoring
 from .config import Config
 from .imageio import ImageError, resized_shape, to_channels
 from .model import UnfoldedISTA
+from .typicality import CodeBank
 
 
 class Result(NamedTuple):
@@ -45,6 +46,7 @@ class Detector:
     config: Config
     channels: int
     calibration: dict[str, Any] = field(default_factory=dict)
+    bank: CodeBank | None = None  # normal background codes; None scores the sparse part only
 
     @property
     def device(self) -> torch.device:
@@ -68,19 +70,38 @@ class Detector:
         cfg = self.config.patch
         return self.model(patches.unfold(images, cfg.size, cfg.stride), scale)
 
-    def anomaly_maps(self, images: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, C, h, w) images -> (B, h, w) smoothed anomaly maps (`scale`: see the model)."""
+    def component_maps(self, images: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, h, w) images -> (B, M, h, w) unsmoothed maps: ||s|| folded to pixels and,
+        with a code bank, the background code's distance to normal codes (`scale`: see the model)."""
         cfg = self.config
+        p, stride = cfg.patch.size, cfg.patch.stride
         maps = []
         # One image at a time: matrix-product blocking then never depends on the batch, so a
         # map is bit-identical whatever batch or shard the image came in.
         for index in range(images.shape[0]):
-            sparse = self.sparse(
-                images[index : index + 1].to(self.device), None if scale is None else scale[index : index + 1]
-            )
-            raw = scoring.sparse_to_map(sparse, images.shape[-2:], self.channels, cfg.patch.size, cfg.patch.stride)
-            maps.append(scoring.gaussian_smooth(raw, cfg.score.smooth_sigma))
+            rows = patches.unfold(images[index : index + 1].to(self.device), p, stride)
+            sparse = self.model(rows, None if scale is None else scale[index : index + 1])
+            components = [scoring.sparse_to_map(sparse, images.shape[-2:], self.channels, p, stride)]
+            if self.bank is not None:
+                distances = self.bank.distances(rows - self.model.mean - sparse)  # (1, N)
+                components.append(scoring.patch_values_to_map(distances, images.shape[-2:], p, stride))
+            maps.append(torch.stack(components, dim=1))
         return torch.cat(maps)
+
+    @property
+    def map_weights(self) -> list[float]:
+        """Weights of the component maps: 1 / (their high quantile on held-out normal images)."""
+        return self.calibration.get("map_weights") or [1.0] * (1 + (self.bank is not None))
+
+    def combine(self, components: torch.Tensor, weights: list[float] | None = None) -> torch.Tensor:
+        """(B, M, h, w) component maps -> (B, h, w) smoothed anomaly map (weighted sum)."""
+        weights = self.map_weights if weights is None else weights
+        raw = sum(components[:, i] * w for i, w in enumerate(weights))
+        return scoring.gaussian_smooth(raw, self.config.score.smooth_sigma)
+
+    def anomaly_maps(self, images: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, h, w) images -> (B, h, w) smoothed anomaly maps (`scale`: see the model)."""
+        return self.combine(self.component_maps(images, scale))
 
     def tiled_map(self, image: torch.Tensor) -> torch.Tensor:
         """(C, h, w) -> (h, w) map, scored in overlapping tiles of `data.tile_size` px so memory

@@ -34,6 +34,13 @@ def sparse_to_map(sparse: torch.Tensor, size: tuple[int, int], channels: int, pa
     return patches.fold(norms, size, patch, stride)[:, 0]
 
 
+def patch_values_to_map(values: torch.Tensor, size: tuple[int, int], patch: int, stride: int) -> torch.Tensor:
+    """(B, N) one value per patch -> (B, H, W): each pixel the mean over the patches covering it."""
+    batch, count = values.shape
+    spread = values[..., None].expand(batch, count, patch * patch).contiguous()
+    return patches.fold(spread, size, patch, stride)[:, 0]
+
+
 def image_scores(maps: torch.Tensor, mode: str = "max", top_k: float = 0.01) -> torch.Tensor:
     """(B, H, W) -> (B,): the map's max, or the mean of its top `top_k` share of pixels."""
     flat = maps.flatten(1)

@@ -23,6 +23,7 @@ from .metrics import roc_auc
 from .model import build_model, fit_subspace
 from .pipeline import Detector, to_tensor
 from .scoring import calibrate
+from .typicality import MAX_CODE_RANK, CodeBank
 
 MAX_PCA_ROWS = 200_000
 
@@ -115,6 +116,14 @@ def _gather(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return rows.gather(1, index[..., None].expand(-1, -1, rows.shape[-1]))
 
 
+def _sparse_at(model, rows: torch.Tensor, pick: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The model's sparse part at the picked rows. A global background treats rows one by
+    one, so only the picked rows run; an image background needs every row of the crop."""
+    if model.background == "global":
+        return model(_gather(rows, pick), scale=scale)
+    return _gather(model(rows, scale=scale), pick)
+
+
 def validation_set(
     images: list[torch.Tensor], config: Config, seed: int, copies: int = 2
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,13 +153,42 @@ def validation_set(
 
 
 @torch.inference_mode()
-def _maps_in_batches(detector: Detector, images: torch.Tensor, batch: int = 16) -> torch.Tensor:
-    return torch.cat([detector.anomaly_maps(images[i : i + batch]) for i in range(0, len(images), batch)])
+def _components_in_batches(detector: Detector, images: list[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
+    """Unsmoothed component maps (M, h, w) of each image, one image at a time."""
+    return [detector.component_maps(image[None])[0] for image in images]
+
+
+def map_weights(normal_components: list[torch.Tensor], quantile: float = 0.99) -> list[float]:
+    """1 / (the `quantile` of each component over held-out normal pixels): the components
+    then share one unit, "how far above normal", and are summed."""
+    pixels = torch.cat([c.flatten(1) for c in normal_components], dim=1)  # (M, pixels)
+    if pixels.shape[1] > 1_000_000:
+        pixels = pixels[:, :: -(-pixels.shape[1] // 1_000_000)]
+    levels = torch.quantile(pixels.double(), quantile, dim=1)
+    return [1.0 / max(float(level), 1e-6) for level in levels]
 
 
 def validation_auroc(detector: Detector, images: torch.Tensor, masks: torch.Tensor) -> float:
-    maps = _maps_in_batches(detector, images)
+    """Pixel AUROC on the validation set, with map weights from its clean images."""
+    components = _components_in_batches(detector, images)
+    clean = [c for c, m in zip(components, masks, strict=True) if not m.any()]
+    weights = map_weights(clean)
+    maps = torch.cat([detector.combine(c[None], weights) for c in components])
     return roc_auc(masks.numpy(), maps.cpu().numpy())
+
+
+@torch.inference_mode()
+def build_bank(model, basis: torch.Tensor, images: list[torch.Tensor], config: Config, seed: int) -> CodeBank:
+    """Codes of the backgrounds x - mu - s_K of normal training patches, at most bank_size."""
+    rng = torch.Generator().manual_seed(seed + 104729)
+    p, stride = config.patch.size, config.patch.stride
+    backgrounds = []
+    for image in images:
+        rows = patches.unfold(image[None], p, stride)
+        background = (rows - model.mean - model(rows))[0]
+        keep = min(len(background), -(-2 * config.score.bank_size // len(images)))
+        backgrounds.append(background[torch.randperm(len(background), generator=rng)[:keep]])
+    return CodeBank.from_backgrounds(basis, torch.cat(backgrounds), config.score.bank_size, rng)
 
 
 def train(
@@ -177,7 +215,12 @@ def train(
     mean, basis = fit_subspace(rows, cfg.model.energy, cfg.model.max_rank)
     m = cfg.model
     model = build_model(mean, basis, m, learn=m.learn)
+    code_basis = None
+    if cfg.score.bank_size:
+        _, code_basis = fit_subspace(rows, cfg.score.code_energy, MAX_CODE_RANK)
     detector = Detector(model, cfg, channels)
+    if code_basis is not None:
+        detector.bank = build_bank(model, code_basis, fitting, cfg, cfg.train.seed)
     val_images, val_masks = validation_set(held_out, cfg, cfg.train.seed)
     val_start = validation_auroc(detector, val_images, val_masks)
     best_auroc, best_step, best_state = val_start, 0, copy.deepcopy(model.state_dict())
@@ -198,7 +241,7 @@ def train(
             with torch.no_grad():
                 clean_scale = model.noise_scale(clean_rows - model.mean)
             pick = _pick_rows(torch.ones(clean_rows.shape[:2]), cfg.train.patches_per_image, rng)
-            sparse_clean = model(_gather(clean_rows, pick), scale=clean_scale)
+            sparse_clean = _sparse_at(model, clean_rows, pick, clean_scale)
             loss = cfg.train.beta * sparse_clean.abs().sum(-1).mean()
             if augmented_count:
                 aug_rows = patches.unfold(augmented, p, stride)
@@ -207,7 +250,7 @@ def train(
                     aug_scale = model.noise_scale(aug_rows - model.mean)
                 touched = (target.abs().sum(-1) > 0).float()
                 pick = _pick_rows(1.0 + 20.0 * touched, cfg.train.patches_per_image, rng)
-                sparse_aug = model(_gather(aug_rows, pick), scale=aug_scale)
+                sparse_aug = _sparse_at(model, aug_rows, pick, aug_scale)
                 loss = loss + (sparse_aug - _gather(target, pick)).pow(2).sum(-1).mean()
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -224,9 +267,14 @@ def train(
         model.load_state_dict(best_state)
     model.eval().requires_grad_(False)
 
-    normal_maps = [_maps_in_batches(detector, t[None])[0] for t in held_out]
+    if code_basis is not None and steps > 0:  # the backgrounds changed with the model
+        detector.bank = build_bank(model, code_basis, fitting, cfg, cfg.train.seed)
+    normal_components = _components_in_batches(detector, held_out)
+    weights = map_weights(normal_components)
+    normal_maps = [detector.combine(c[None], weights)[0] for c in normal_components]
     s = cfg.score
     detector.calibration = calibrate(normal_maps, s.image_score, s.top_k, s.threshold_quantile, s.threshold_margin)
+    detector.calibration["map_weights"] = weights
     summary = TrainSummary(
         images=len(images),
         held_out=held_count,

@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from lista_cli.model import UnfoldedISTA, fit_subspace, soft_threshold
+from lista_cli.model import (
+    IMAGE_RANK,
+    UnfoldedISTA,
+    fit_subspace,
+    image_directions,
+    image_low_rank,
+    soft_threshold,
+)
 
 
 def ista_reference(x, basis, lam, step, iterations, scale):
@@ -101,3 +108,117 @@ def test_fista_switch_equals_fista(kind):
     assert float((model.double()(patches.double()) - expected).abs().max()) < 1e-5
     plain = UnfoldedISTA(mean, basis, layers=12, lam=0.3, kind=kind, learn=False, relative_threshold=False)
     assert float((plain.double()(patches.double()) - expected).abs().max()) > 1e-4  # momentum matters
+
+
+def svt_reference(z, tau):
+    """Dense float64 singular-value thresholding of each (N, d) matrix, relative to sigma_1."""
+    out = []
+    for matrix in z.double():
+        u, sigma, vh = torch.linalg.svd(matrix, full_matrices=False)
+        shrunk = (sigma - tau * sigma[0]).clamp(min=0)
+        out.append(u @ torch.diag(shrunk) @ vh)
+    return torch.stack(out)
+
+
+def right_singular_vectors(z):
+    return torch.stack([torch.linalg.svd(m, full_matrices=True)[2].T for m in z.double()])
+
+
+@pytest.mark.parametrize("shape", [(2, 37, 11), (1, 9, 27), (3, 50, 5)])
+@pytest.mark.parametrize("tau", [0.05, 0.3])
+def test_image_low_rank_equals_dense_svt(shape, tau):
+    gen = torch.Generator().manual_seed(sum(shape))
+    z = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    z[0] += (
+        3
+        * torch.randn(shape[1], 1, generator=gen, dtype=torch.float64)
+        @ torch.randn(1, shape[2], generator=gen, dtype=torch.float64)
+    )  # one strong direction, so the threshold cuts between singular values
+    got = image_low_rank(z, right_singular_vectors(z), torch.tensor(tau, dtype=torch.float64))
+    torch.testing.assert_close(got, svt_reference(z, tau), atol=1e-8, rtol=0)
+
+
+@pytest.mark.parametrize("dim", [11, 50, 75])
+def test_image_directions_find_the_leading_singular_subspace(dim):
+    """Exact for d <= IMAGE_RANK; beyond it, subspace iteration finds a clear leading subspace."""
+    gen = torch.Generator().manual_seed(dim)
+    strong = torch.randn(2, 200, 5, generator=gen) @ torch.randn(5, dim, generator=gen) * 5
+    z = strong + 0.05 * torch.randn(2, 200, dim, generator=gen)
+    start = torch.linalg.qr(torch.randn(dim, min(dim, IMAGE_RANK), generator=gen)).Q
+    vectors = image_directions(z, start)
+    reference = right_singular_vectors(z)
+    for b in range(2):
+        top = vectors[b].double()[:, -5:]  # ascending order: the last five are the leading ones
+        overlap = torch.linalg.svdvals(top.T @ reference[b][:, :5])
+        assert float(overlap.min()) > 0.999
+    if dim <= IMAGE_RANK:
+        got = image_low_rank(z.double(), vectors.double(), torch.tensor(0.02, dtype=torch.float64))
+        torch.testing.assert_close(got, svt_reference(z, 0.02), atol=1e-4, rtol=0)
+
+
+def rpca_reference(x, basis, lam, step, tau, iterations, scale, use_global):
+    """float64 alternating robust PCA in the image's own singular directions V (from x):
+    L_k = V-domain SVT of x - s, s <- soft(s + eta Q (x - L_k - s), eta lam)."""
+    dim = x.shape[-1]
+    projector = torch.eye(dim, dtype=torch.float64)
+    if use_global:
+        projector = projector - basis @ basis.T
+    vectors = right_singular_vectors(x)
+    s = torch.zeros_like(x)
+    for _ in range(iterations):
+        coefficients = (x - s) @ vectors
+        sigma = coefficients.norm(dim=1, keepdim=True)
+        gain = (sigma - tau * sigma.amax(dim=2, keepdim=True)).clamp(min=0) / sigma
+        low_rank = (coefficients * gain) @ vectors.transpose(1, 2)
+        s = soft_threshold(s + step * (x - low_rank - s) @ projector, step * lam * scale)
+    return s
+
+
+@pytest.mark.parametrize("kind", ["full", "cp", "alista"])
+@pytest.mark.parametrize("background", ["image", "both"])
+def test_untrained_image_background_equals_alternating_rpca(kind, background):
+    gen = torch.Generator().manual_seed(13)
+    mean, basis, patches = _random_problem(gen, count=41)
+    lam, step, tau, layers = 0.3, 0.9, 0.2, 6
+    model = UnfoldedISTA(
+        mean,
+        basis,
+        layers=layers,
+        step=step,
+        lam=lam,
+        kind=kind,
+        learn=False,
+        background=background,
+        image_threshold=tau,
+    ).double()
+    out = model(patches.double())
+    x = patches.double() - mean.double()
+    expected = rpca_reference(x, basis.double(), lam, step, tau, layers, model.noise_scale(x), background == "both")
+    assert float((out - expected).abs().max()) < 1e-5  # W was built in float32
+    assert float(expected.abs().sum()) > 0
+    # the image's own low rank changes the answer: it is not the global model in disguise
+    plain = UnfoldedISTA(mean, basis, layers=layers, step=step, lam=lam, kind=kind, learn=False).double()
+    assert float((plain(patches.double()) - expected).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("background", ["image", "both"])
+def test_gradients_reach_image_background_thresholds(background):
+    gen = torch.Generator().manual_seed(2)
+    mean, basis, patches = _random_problem(gen)
+    model = UnfoldedISTA(mean, basis, layers=4, lam=0.1, kind="cp", learn=True, background=background)
+    model(patches).pow(2).sum().backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all(), name
+        assert float(param.grad.abs().sum()) > 0, name
+    assert "log_tau" in dict(model.named_parameters())
+
+
+def test_image_background_handles_a_flat_image():
+    """A constant image has a rank-1 patch matrix with d - 1 zero singular values."""
+    mean = torch.zeros(16)
+    basis = torch.eye(16)[:, :2]
+    model = UnfoldedISTA(mean, basis, layers=3, kind="cp", learn=True, background="both")
+    out = model(torch.full((1, 30, 16), 0.4))
+    out.sum().backward()
+    assert torch.isfinite(out).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())

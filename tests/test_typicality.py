@@ -1,0 +1,38 @@
+import numpy as np
+import pytest
+import torch
+
+from lista_cli import scoring, typicality
+from lista_cli.typicality import CodeBank
+
+
+@pytest.mark.parametrize("block", [7, 4096])
+def test_distances_equal_brute_force_nearest_neighbour(monkeypatch, block):
+    monkeypatch.setattr(typicality, "DISTANCE_BLOCK", block)
+    gen = torch.Generator().manual_seed(4)
+    basis = torch.linalg.qr(torch.randn(19, 5, generator=gen))[0]
+    bank = CodeBank.from_backgrounds(basis, torch.randn(300, 19, generator=gen), size=113, rng=gen)
+    assert bank.codes.shape == (113, 5)
+    backgrounds = torch.randn(2, 23, 19, generator=gen)
+    got = bank.distances(backgrounds).numpy()
+    codes = (backgrounds @ basis).double().numpy()
+    normal = bank.codes.double().numpy()
+    expected = np.sqrt(((codes[:, :, None, :] - normal[None, None]) ** 2).sum(-1)).min(-1)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_a_bank_code_is_at_distance_zero():
+    gen = torch.Generator().manual_seed(5)
+    basis = torch.eye(6)[:, :3]
+    normal = torch.randn(40, 6, generator=gen)
+    bank = CodeBank.from_backgrounds(basis, normal, size=1000, rng=gen)
+    assert len(bank.codes) == 40  # fewer rows than the size: all are kept
+    distances = bank.distances(normal[None, :5])
+    assert float(distances.abs().max()) < 1e-3
+
+
+def test_patch_values_to_map_averages_covering_patches():
+    values = torch.arange(9, dtype=torch.float32).view(1, 9)  # a 3x3 grid of 4x4 patches, stride 2
+    got = scoring.patch_values_to_map(values, (8, 8), 4, 2)[0]
+    assert got[0, 0] == 0 and got[7, 7] == 8
+    assert got[2, 2] == pytest.approx((0 + 1 + 3 + 4) / 4)  # covered by four patches
