@@ -55,7 +55,8 @@ def measure(detector, folder: Path, synthetic) -> dict:
     error = signal = 0.0
     started = time.perf_counter()
     for image, target in zip(*synthetic, strict=True):
-        sparse = detector.sparse(image[None])[0]
+        cfg = detector.config.patch
+        sparse = detector.model(patches.unfold(image[None], cfg.size, cfg.stride))[0]
         error += float((sparse - target).pow(2).sum())
         signal += float(target.pow(2).sum())
     seconds = (time.perf_counter() - started) / len(synthetic[0])

@@ -14,15 +14,15 @@ from typing import Any
 import torch
 
 from . import __version__
-from .config import ConfigError, from_dict
+from .config import Config, ConfigError, from_dict
 from .errors import ListaError
 from .imageio import atomic_write
 from .model import build_model
-from .pipeline import Detector
+from .pipeline import Detector, Scale
 from .typicality import CodeBank
 
 FORMAT = "lista-checkpoint"
-FORMAT_VERSION = 2  # 2 added the background code bank; 1 (no bank) still loads
+FORMAT_VERSION = 2  # 2: one model and code bank per image scale; 1 (one model, no bank) still loads
 READABLE_VERSIONS = (1, 2)
 
 
@@ -30,17 +30,11 @@ class CheckpointError(ListaError):
     """A model file that cannot be used (exit code 1)."""
 
 
-def _rebuild(config_dict: dict[str, Any], mean: torch.Tensor, basis: torch.Tensor):
-    cfg = from_dict(config_dict)
-    return cfg, build_model(mean, basis, cfg.model, learn=False)
-
-
 def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
 
 def save_checkpoint(path: str | Path, detector: Detector, extra: dict[str, Any] | None = None) -> None:
-    state = _cpu_state(detector.model)
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -48,11 +42,31 @@ def save_checkpoint(path: str | Path, detector: Detector, extra: dict[str, Any] 
         "config": detector.config.to_dict(),
         "channels": detector.channels,
         "calibration": detector.calibration,
-        "state": state,
-        "bank": None if detector.bank is None else _cpu_state(detector.bank),
+        "scales": [
+            {
+                "factor": scale.factor,
+                "state": _cpu_state(scale.model),
+                "bank": None if scale.bank is None else _cpu_state(scale.bank),
+            }
+            for scale in detector.scales
+        ],
         "extra": extra or {},
     }
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def _rebuild_scales(payload: dict[str, Any], config: Config, device: str | torch.device) -> list[Scale]:
+    # Format 1 held one model at full scale under "state" and no code bank.
+    entries = payload["scales"] if payload["format_version"] >= 2 else [{"factor": 1, "state": payload["state"]}]
+    scales = []
+    for entry in entries:
+        state = entry["state"]
+        model = build_model(state["mean"], state["basis"], config.model, learn=False)
+        model.load_state_dict(state)
+        bank = entry.get("bank")
+        bank = None if bank is None else CodeBank(bank["basis"], bank["codes"])
+        scales.append(Scale(int(entry["factor"]), model.eval().to(device), None if bank is None else bank.to(device)))
+    return scales
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Detector:
@@ -83,12 +97,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Det
             f" (format {FORMAT_VERSION}); retrain the model"
         )
     try:
-        state = payload["state"]
-        config, model = _rebuild(payload["config"], state["mean"], state["basis"])
-        model.load_state_dict(state)
-        bank = payload.get("bank")
-        bank = None if bank is None else CodeBank(bank["basis"], bank["codes"]).to(device)
+        config = from_dict(payload["config"])
+        scales = _rebuild_scales(payload, config, device)
     except (KeyError, TypeError, RuntimeError, ConfigError) as exc:
         raise CheckpointError(f"{path}: damaged lista checkpoint ({str(exc).splitlines()[0][:100]})") from None
-    model.eval().to(device)
-    return Detector(model, config, int(payload["channels"]), dict(payload.get("calibration") or {}), bank)
+    return Detector(scales, config, int(payload["channels"]), dict(payload.get("calibration") or {}))

@@ -131,7 +131,8 @@ def train(
         from .train import train as run_train
 
         with _progress(quiet) as progress:
-            task = progress.add_task("train", total=cfg.train.steps if cfg.model.learn else 0, info="")
+            total = cfg.train.steps * len(cfg.data.scales) if cfg.model.learn else 0
+            task = progress.add_task("train", total=total, info="")
             state = {"val": float("nan")}
 
             def on_step(step: int, loss: float, val: float | None) -> None:
@@ -145,11 +146,16 @@ def train(
         elif not quiet:
             err.print(
                 f"trained on {summary.images - summary.held_out} images ({summary.held_out} held out), "
-                f"{summary.channels} channel(s), subspace rank {summary.rank}, {summary.steps} steps in "
-                f"{summary.seconds:.1f}s; validation pixel AUROC {summary.val_auroc_start:.3f} -> "
-                f"{summary.val_auroc_best:.3f} (kept step {summary.best_step}); threshold {summary.threshold:.4g}",
+                f"{summary.channels} channel(s), {summary.steps} steps per scale in {summary.seconds:.1f}s; "
+                f"threshold {summary.threshold:.4g}",
                 highlight=False,
             )
+            for scale in summary.scales:
+                err.print(
+                    f"  scale 1/{scale['factor']}: subspace rank {scale['rank']}, validation pixel AUROC "
+                    f"{scale['val_auroc_start']:.3f} -> {scale['val_auroc_best']:.3f} (kept step {scale['best_step']})",
+                    highlight=False,
+                )
             err.print(f"wrote {out}", highlight=False)
 
 

@@ -36,6 +36,7 @@ class DataConfig:
     image_size: int | None = _opt(128, low=8)
     channels: str = _opt("auto", choices=("auto", "gray", "rgb"))
     tile_size: int = _opt(1024, low=64)
+    scales: list[int] = _opt([1], low=1, high=16)
 
 
 @dataclass
@@ -137,8 +138,9 @@ def _coerce(key: str, value: Any, kind: Any, rules: dict[str, Any]) -> Any:
         kind = next(a for a in args if a is not type(None))
     if typing.get_origin(kind) is list:
         length = rules.get("length")
-        if not isinstance(value, list) or (length and len(value) != length):
-            raise ConfigError(f"{key} must be a list of {length} numbers, got {value!r}")
+        if not isinstance(value, list) or (length and len(value) != length) or not value:
+            count = f"{length} " if length else ""
+            raise ConfigError(f"{key} must be a list of {count}numbers, got {value!r}")
         items = [_coerce(key, v, typing.get_args(kind)[0], {**rules, "length": None}) for v in value]
         if length == 2 and items[0] > items[1]:
             raise ConfigError(f"{key} must be [low, high] with low <= high, got {value!r}")
@@ -206,6 +208,9 @@ def validate(values: dict[str, Any]) -> Config:
             f"patch.stride ({config.patch.stride}) must be <= patch.size ({config.patch.size}),"
             " or some pixels are never covered"
         )
+    scales = config.data.scales
+    if scales[0] != 1 or any(b <= a for a, b in zip(scales, scales[1:], strict=False)):
+        raise ConfigError(f"data.scales must start at 1 and increase, e.g. [1, 2], got {scales!r}")
     if config.data.image_size is not None and config.data.image_size < config.patch.size:
         raise ConfigError(f"data.image_size must be >= patch.size ({config.patch.size})")
     return config

@@ -38,15 +38,49 @@ def to_tensor(array: np.ndarray, channels: int, image_size: int | None) -> torch
     return tensor
 
 
+def downsample(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """(B, C, h, w) -> (B, C, ceil(h/f), ceil(w/f)): means of f x f blocks (partial blocks at
+    the bottom and right edges average the pixels they have). Block j always covers pixels
+    [j f, (j+1) f), so tiles whose offsets are multiples of f see the same blocks."""
+    if factor == 1:
+        return images
+    return F.avg_pool2d(images, factor, ceil_mode=True)
+
+
+def upsample(maps: torch.Tensor, factor: int, size: tuple[int, int]) -> torch.Tensor:
+    """(B, M, h', w') coarse maps -> (B, M, h, w): bilinear by exactly `factor`, then cropped."""
+    if factor == 1:
+        return maps
+    fine = F.interpolate(maps, scale_factor=factor, mode="bilinear", align_corners=False)
+    return fine[..., : size[0], : size[1]]
+
+
+@dataclass
+class Scale:
+    """One image scale: the model and code bank that score images downsampled by `factor`."""
+
+    factor: int
+    model: UnfoldedISTA
+    bank: CodeBank | None = None  # normal background codes; None scores the sparse part only
+
+    @property
+    def components(self) -> int:
+        return 1 + (self.bank is not None)
+
+
 @dataclass
 class Detector:
-    """A model with the settings that turn its sparse output into maps and decisions."""
+    """Models (one per image scale) with the settings that turn their output into maps and decisions."""
 
-    model: UnfoldedISTA
+    scales: list[Scale]
     config: Config
     channels: int
     calibration: dict[str, Any] = field(default_factory=dict)
-    bank: CodeBank | None = None  # normal background codes; None scores the sparse part only
+
+    @property
+    def model(self) -> UnfoldedISTA:
+        """The finest scale's model (the only one with data.scales = [1])."""
+        return self.scales[0].model
 
     @property
     def device(self) -> torch.device:
@@ -65,33 +99,43 @@ class Detector:
                 f" {self.config.patch.size}x{self.config.patch.size} patch at model resolution"
             )
 
-    def sparse(self, images: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, C, h, w) -> sparse part S_K of every patch, (B, N, C*p*p)."""
-        cfg = self.config.patch
-        return self.model(patches.unfold(images, cfg.size, cfg.stride), scale)
+    def scale_components(self, scale: Scale, image: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """(1, C, h, w) image at this scale's resolution -> (1, M, h, w) unsmoothed maps:
+        ||s|| folded to pixels and, with a code bank, the background code's distance to normal
+        codes. `noise` (1, 1, 1) overrides the model's per-image noise scale."""
+        p, stride = self.config.patch.size, self.config.patch.stride
+        size = image.shape[-2:]
+        if min(size) < p:  # a coarse scale of a small image has no patch: it adds nothing
+            return image.new_zeros(1, scale.components, *size)
+        rows = patches.unfold(image, p, stride)
+        sparse = scale.model(rows, noise)
+        components = [scoring.sparse_to_map(sparse, size, self.channels, p, stride)]
+        if scale.bank is not None:
+            distances = scale.bank.distances(rows - scale.model.mean - sparse)  # (1, N)
+            components.append(scoring.patch_values_to_map(distances, size, p, stride))
+        return torch.stack(components, dim=1)
 
-    def component_maps(self, images: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, C, h, w) images -> (B, M, h, w) unsmoothed maps: ||s|| folded to pixels and,
-        with a code bank, the background code's distance to normal codes (`scale`: see the model)."""
-        cfg = self.config
-        p, stride = cfg.patch.size, cfg.patch.stride
+    def component_maps(self, images: torch.Tensor, noise: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """(B, C, h, w) images -> (B, M, h, w) unsmoothed component maps of every scale, coarse
+        ones upsampled. `noise`: one (B, 1, 1) noise scale per image scale, or None."""
+        size = images.shape[-2:]
         maps = []
         # One image at a time: matrix-product blocking then never depends on the batch, so a
         # map is bit-identical whatever batch or shard the image came in.
         for index in range(images.shape[0]):
-            rows = patches.unfold(images[index : index + 1].to(self.device), p, stride)
-            sparse = self.model(rows, None if scale is None else scale[index : index + 1])
-            components = [scoring.sparse_to_map(sparse, images.shape[-2:], self.channels, p, stride)]
-            if self.bank is not None:
-                distances = self.bank.distances(rows - self.model.mean - sparse)  # (1, N)
-                components.append(scoring.patch_values_to_map(distances, images.shape[-2:], p, stride))
-            maps.append(torch.stack(components, dim=1))
+            image = images[index : index + 1].to(self.device)
+            parts = []
+            for number, scale in enumerate(self.scales):
+                level = None if noise is None else noise[number][index : index + 1]
+                coarse = self.scale_components(scale, downsample(image, scale.factor), level)
+                parts.append(upsample(coarse, scale.factor, size))
+            maps.append(torch.cat(parts, dim=1))
         return torch.cat(maps)
 
     @property
     def map_weights(self) -> list[float]:
         """Weights of the component maps: 1 / (their high quantile on held-out normal images)."""
-        return self.calibration.get("map_weights") or [1.0] * (1 + (self.bank is not None))
+        return self.calibration.get("map_weights") or [1.0] * sum(s.components for s in self.scales)
 
     def combine(self, components: torch.Tensor, weights: list[float] | None = None) -> torch.Tensor:
         """(B, M, h, w) component maps -> (B, h, w) smoothed anomaly map (weighted sum)."""
@@ -99,31 +143,41 @@ class Detector:
         raw = sum(components[:, i] * w for i, w in enumerate(weights))
         return scoring.gaussian_smooth(raw, self.config.score.smooth_sigma)
 
-    def anomaly_maps(self, images: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, C, h, w) images -> (B, h, w) smoothed anomaly maps (`scale`: see the model)."""
-        return self.combine(self.component_maps(images, scale))
+    def anomaly_maps(self, images: torch.Tensor, noise: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """(B, C, h, w) images -> (B, h, w) smoothed anomaly maps (`noise`: see component_maps)."""
+        return self.combine(self.component_maps(images, noise))
 
     def tiled_map(self, image: torch.Tensor) -> torch.Tensor:
         """(C, h, w) -> (h, w) map, scored in overlapping tiles of `data.tile_size` px so memory
         stays bounded; each tile carries a margin wide enough for patches and smoothing."""
         cfg = self.config
-        stride = cfg.patch.stride
-        tile = max(stride, cfg.data.tile_size // stride * stride)  # tiles keep the global patch grid
+        coarsest = max(s.factor for s in self.scales)
+        # Tile offsets are multiples of stride * f for every factor f, so each scale's blocks
+        # and patch grid are the same in a tile as in the whole image.
+        grid = cfg.patch.stride * math.lcm(*(s.factor for s in self.scales))
+        tile = max(grid, cfg.data.tile_size // grid * grid)
         height, width = image.shape[-2:]
         if height <= tile and width <= tile:
             return self.anomaly_maps(image[None])[0]
-        margin = 2 * cfg.patch.size + math.ceil(3 * cfg.score.smooth_sigma)
-        margin = math.ceil(margin / stride) * stride
-        # One noise scale for the whole image, from a sparser grid of its patches (<= 2^16).
-        step = stride * max(1, math.ceil(math.sqrt(height * width / stride**2 / 65536)))
-        sample = patches.unfold(image[None].to(self.device), cfg.patch.size, step)
-        scale = self.model.noise_scale(sample - self.model.mean)
+        margin = 2 * cfg.patch.size * coarsest + math.ceil(3 * cfg.score.smooth_sigma)
+        margin = math.ceil(margin / grid) * grid
+        # One noise scale per image scale for the whole image, from a sparser grid (<= 2^16 patches).
+        noise = []
+        for scale in self.scales:
+            small = downsample(image[None].to(self.device), scale.factor)
+            area = small.shape[-2] * small.shape[-1]
+            step = cfg.patch.stride * max(1, math.ceil(math.sqrt(area / cfg.patch.stride**2 / 65536)))
+            sample = patches.unfold(small, min(cfg.patch.size, *small.shape[-2:]), step)
+            if sample.shape[-1] != scale.model.dim:  # too small for one patch: scored as nothing
+                noise.append(small.new_ones(1, 1, 1))
+                continue
+            noise.append(scale.model.noise_scale(sample - scale.model.mean))
         out = torch.empty(height, width)
         for top in range(0, height, tile):
             for left in range(0, width, tile):
                 y0, x0 = max(0, top - margin), max(0, left - margin)
                 y1, x1 = min(height, top + tile + margin), min(width, left + tile + margin)
-                tile_map = self.anomaly_maps(image[None, :, y0:y1, x0:x1], scale)[0]
+                tile_map = self.anomaly_maps(image[None, :, y0:y1, x0:x1], noise)[0]
                 core_h, core_w = min(tile, height - top), min(tile, width - left)
                 out[top : top + core_h, left : left + core_w] = tile_map[
                     top - y0 : top - y0 + core_h, left - x0 : left - x0 + core_w

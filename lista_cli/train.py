@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from .imageio import ImageError, read_image
 from .inputs import collect_inputs
 from .metrics import roc_auc
 from .model import build_model, fit_subspace
-from .pipeline import Detector, to_tensor
+from .pipeline import Detector, Scale, downsample, to_tensor
 from .scoring import calibrate
 from .typicality import MAX_CODE_RANK, CodeBank
 
@@ -37,11 +38,8 @@ class TrainSummary:
     images: int
     held_out: int
     channels: int
-    rank: int
-    steps: int
-    best_step: int
-    val_auroc_start: float
-    val_auroc_best: float
+    steps: int  # per scale
+    scales: list[dict]  # a ScaleSummary per image scale, as a dict
     threshold: float
     seconds: float
     skipped: list[str] = field(default_factory=list)
@@ -191,25 +189,34 @@ def build_bank(model, basis: torch.Tensor, images: list[torch.Tensor], config: C
     return CodeBank.from_backgrounds(basis, torch.cat(backgrounds), config.score.bank_size, rng)
 
 
-def train(
-    data_dir: Path,
-    config: Config,
-    out: Path,
-    on_step: Callable[[int, float, float | None], None] | None = None,
-    warn: Callable[[str], None] = lambda message: None,
-) -> TrainSummary:
-    """Train a model on the normal images under `data_dir` and write the checkpoint `out`."""
-    started = time.perf_counter()
-    cfg = config
-    images, channels, skipped = load_training_images(data_dir, cfg, warn)
-    rng = torch.Generator().manual_seed(cfg.train.seed)
-    order = torch.randperm(len(images), generator=rng).tolist()
-    held_count = min(len(images) - 1, max(1, round(cfg.train.holdout * len(images))))
-    held_out = [images[i] for i in order[:held_count]]
-    fitting = [images[i] for i in order[held_count:]]
+@dataclass
+class ScaleSummary:
+    factor: int
+    rank: int
+    best_step: int
+    val_auroc_start: float
+    val_auroc_best: float
 
+
+def train_scale(
+    fitting: list[torch.Tensor],
+    held_out: list[torch.Tensor],
+    config: Config,
+    factor: int,
+    channels: int,
+    on_step: Callable[[int, float, float | None], None] | None = None,
+) -> tuple[Scale, ScaleSummary]:
+    """PCA, code bank and CutPaste-supervised unfolding of one image scale.
+
+    The model trains on the images downsampled by `factor`; validation scores the full-size
+    validation images through this scale alone, and keeps the step with the best pixel AUROC
+    (the untrained model, step 0, included), so training never makes the scale worse on it."""
+    cfg = config
+    rng = torch.Generator().manual_seed(cfg.train.seed + factor - 1)
+    small = [downsample(t[None], factor)[0] for t in fitting]
+    small = [t for t in small if min(t.shape[-2:]) >= cfg.patch.size] or small
     p, stride = cfg.patch.size, cfg.patch.stride
-    rows = torch.cat([patches.unfold(t[None], p, stride)[0] for t in fitting])  # (n, d)
+    rows = torch.cat([patches.unfold(t[None], p, stride)[0] for t in small])  # (n, d)
     if len(rows) > MAX_PCA_ROWS:
         rows = rows[torch.randperm(len(rows), generator=rng)[:MAX_PCA_ROWS]]
     mean, basis = fit_subspace(rows, cfg.model.energy, cfg.model.max_rank)
@@ -218,9 +225,10 @@ def train(
     code_basis = None
     if cfg.score.bank_size:
         _, code_basis = fit_subspace(rows, cfg.score.code_energy, MAX_CODE_RANK)
-    detector = Detector(model, cfg, channels)
+    scale = Scale(factor, model)
     if code_basis is not None:
-        detector.bank = build_bank(model, code_basis, fitting, cfg, cfg.train.seed)
+        scale.bank = build_bank(model, code_basis, small, cfg, cfg.train.seed)
+    detector = Detector([scale], cfg, channels)  # this scale alone, for validation
     val_images, val_masks = validation_set(held_out, cfg, cfg.train.seed)
     val_start = validation_auroc(detector, val_images, val_masks)
     best_auroc, best_step, best_state = val_start, 0, copy.deepcopy(model.state_dict())
@@ -232,7 +240,7 @@ def train(
         )
         augmented_count = round(cfg.train.cutpaste_share * cfg.train.batch)
         for step in range(1, steps + 1):
-            clean = _random_crops(fitting, cfg.train.batch, cfg.train.crop, rng)
+            clean = _random_crops(small, cfg.train.batch, cfg.train.crop, rng)
             augmented, masks = clean[:augmented_count].clone(), []
             for i in range(augmented_count):
                 augmented[i], mask = cutpaste(clean[i], rng, cfg.cutpaste)
@@ -266,9 +274,40 @@ def train(
                 on_step(step, loss.item(), val)
         model.load_state_dict(best_state)
     model.eval().requires_grad_(False)
-
     if code_basis is not None and steps > 0:  # the backgrounds changed with the model
-        detector.bank = build_bank(model, code_basis, fitting, cfg, cfg.train.seed)
+        scale.bank = build_bank(model, code_basis, small, cfg, cfg.train.seed)
+    return scale, ScaleSummary(factor, basis.shape[1], best_step, val_start, best_auroc)
+
+
+def train(
+    data_dir: Path,
+    config: Config,
+    out: Path,
+    on_step: Callable[[int, float, float | None], None] | None = None,
+    warn: Callable[[str], None] = lambda message: None,
+) -> TrainSummary:
+    """Train a model per image scale on the normal images under `data_dir`, calibrate their
+    combined map on the held-out images and write the checkpoint `out`. `on_step` counts
+    steps over all scales."""
+    started = time.perf_counter()
+    cfg = config
+    images, channels, skipped = load_training_images(data_dir, cfg, warn)
+    rng = torch.Generator().manual_seed(cfg.train.seed)
+    order = torch.randperm(len(images), generator=rng).tolist()
+    held_count = min(len(images) - 1, max(1, round(cfg.train.holdout * len(images))))
+    held_out = [images[i] for i in order[:held_count]]
+    fitting = [images[i] for i in order[held_count:]]
+
+    scales, summaries = [], []
+    steps = cfg.train.steps if cfg.model.learn else 0
+    for number, factor in enumerate(cfg.data.scales):
+        offset = number * steps
+        counted = None if on_step is None else (lambda k, loss, val, o=offset: on_step(o + k, loss, val))
+        scale, scale_summary = train_scale(fitting, held_out, cfg, factor, channels, counted)
+        scales.append(scale)
+        summaries.append(scale_summary)
+    detector = Detector(scales, cfg, channels)
+
     normal_components = _components_in_batches(detector, held_out)
     weights = map_weights(normal_components)
     normal_maps = [detector.combine(c[None], weights)[0] for c in normal_components]
@@ -279,11 +318,8 @@ def train(
         images=len(images),
         held_out=held_count,
         channels=channels,
-        rank=basis.shape[1],
         steps=steps,
-        best_step=best_step,
-        val_auroc_start=val_start,
-        val_auroc_best=best_auroc,
+        scales=[dataclasses.asdict(x) for x in summaries],
         threshold=detector.calibration["threshold"],
         seconds=time.perf_counter() - started,
         skipped=skipped,

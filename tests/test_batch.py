@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 from lista_cli.checkpoint import load_checkpoint
 from lista_cli.cli import app
 from lista_cli.detect import detect
-from lista_cli.imageio import read_image
 from lista_cli.inputs import InputError, InputImage, collect_inputs, parse_shard, select_shard
 
 from .conftest import texture, train_tiny
@@ -118,15 +117,36 @@ def test_same_maps_across_runs_and_batch_sizes(setup, tmp_path):
         assert np.array_equal(maps[0], maps[1]) and np.array_equal(maps[0], maps[2])
 
 
-def test_tiles_equal_the_whole_image(setup):
-    model, images = setup
+@pytest.fixture(scope="module")
+def multiscale(setup, tmp_path_factory):
+    from .conftest import make_mvtec
+
+    data = make_mvtec(tmp_path_factory.mktemp("multiscale") / "data", np.random.default_rng(2), size=(53, 61))
+    return train_tiny(data, data.parent / "ms.pt", "--set", "data.scales=[1,2,3]")
+
+
+@pytest.mark.parametrize("which", ["single", "multiscale"])
+def test_tiles_equal_the_whole_image(setup, multiscale, which, rng):
+    model = setup[0] if which == "single" else multiscale
     detector = load_checkpoint(model)
     detector.config.data.image_size = None
-    image = detector.prepare(read_image(next(images.rglob("*.png"))))
+    assert len(detector.scales) == (1 if which == "single" else 3)
+    image = detector.prepare(texture(rng, 97, 83).astype(np.float32) / 255)  # sides not multiples of 2 or 3
     whole = detector.anomaly_maps(image[None])[0]
     detector.config.data.tile_size = 16
     tiled = detector.tiled_map(image)
     torch.testing.assert_close(tiled, whole, atol=1e-6, rtol=0)
+
+
+def test_multiscale_maps_add_every_scale(multiscale, rng):
+    detector = load_checkpoint(multiscale)
+    image = detector.prepare(texture(rng, 53, 61).astype(np.float32) / 255)
+    components = detector.component_maps(image[None])
+    assert components.shape == (1, 6, *image.shape[-2:])  # ||s|| and code distance at 3 scales
+    assert all(float(components[0, i].abs().sum()) > 0 for i in range(6))
+    assert len(detector.map_weights) == 6
+    expected = detector.combine(components)
+    torch.testing.assert_close(detector.anomaly_maps(image[None]), expected)
 
 
 def test_output_names_stay_inside_out(setup, tmp_path):

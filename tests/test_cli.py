@@ -159,8 +159,9 @@ def test_training_is_repeatable(mvtec, tmp_path):
     paths = [tmp_path / "a.pt", tmp_path / "b.pt"]
     for path in paths:
         assert runner.invoke(app, ["train", str(mvtec), "--out", str(path), *FAST]).exit_code == 0
-    a, b = (torch.load(p, weights_only=True)["state"] for p in paths)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    a, b = (torch.load(p, weights_only=True)["scales"][0] for p in paths)
+    assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
+    assert all(torch.equal(a["bank"][k], b["bank"][k]) for k in a["bank"])
 
 
 def test_checkpoint_keeps_the_code_bank_and_reads_format_1(model, tmp_path, mvtec):
@@ -168,18 +169,19 @@ def test_checkpoint_keeps_the_code_bank_and_reads_format_1(model, tmp_path, mvte
     from lista_cli.imageio import read_image
 
     detector = load_checkpoint(model)
-    assert detector.bank is not None and detector.bank.codes.shape[1] == detector.bank.basis.shape[1]
+    bank = detector.scales[0].bank
+    assert bank is not None and bank.codes.shape[1] == bank.basis.shape[1]
     assert len(detector.map_weights) == 2 and all(w > 0 for w in detector.map_weights)
     image = read_image(next((mvtec / "test" / "spot").iterdir()))
     with_bank = detector.detect_batch([image])[0].anomaly_map
-    # a format-1 file (before the bank) loads and scores with the sparse part alone
+    # a format-1 file (one model under "state", no bank) loads and scores with the sparse part alone
     payload = torch.load(model, weights_only=True)
     payload["format_version"] = 1
-    del payload["bank"]
+    payload["state"] = payload.pop("scales")[0]["state"]
     del payload["calibration"]["map_weights"]
     old = tmp_path / "old.pt"
     torch.save(payload, old)
     legacy = load_checkpoint(old)
-    assert legacy.bank is None and legacy.map_weights == [1.0]
+    assert legacy.scales[0].bank is None and legacy.map_weights == [1.0]
     sparse_only = legacy.detect_batch([image])[0].anomaly_map
     assert sparse_only.shape == with_bank.shape and not np.allclose(sparse_only, with_bank)

@@ -38,6 +38,11 @@ def test_precedence_defaults_file_overrides(tmp_path):
         ("patch.stride=9", "patch.stride (9) must be <= patch.size (8)"),
         ("model.learn=maybe", "model.learn must be true or false"),
         ("cutpaste.area=[0.2]", "cutpaste.area must be a list of 2 numbers"),
+        ("data.scales=[2]", "data.scales must start at 1 and increase"),
+        ("data.scales=[1,2,2]", "data.scales must start at 1 and increase"),
+        ("data.scales=[]", "data.scales must be a list of numbers"),
+        ("data.scales=[1,0]", "data.scales must be >= 1"),
+        ("model.background=patch", "model.background must be one of global, image, both"),
         ("train.lr", "--set expects key=value"),
     ],
 )
