@@ -75,11 +75,11 @@ def main() -> None:
             folder = DATA / name
             rows = {}
             base = Path(tmp) / "base.pt"
-            train(folder, load_config(None, ["model.learn=false"]), base)
+            train(folder, load_config(None, ["model.learn=false", "score.bank_size=0", "data.scales=[1]"]), base)
             synthetic = synthetic_defects(load_checkpoint(base), folder)
             for k in LAYERS:
                 path = Path(tmp) / f"lista{k}.pt"
-                train(folder, load_config(None, [f"model.layers={k}"]), path)
+                train(folder, load_config(None, [f"model.layers={k}", "score.bank_size=0", "data.scales=[1]"]), path)
                 rows[f"LISTA-CP K={k}"] = measure(load_checkpoint(path), folder, synthetic)
                 print(name, f"LISTA-CP K={k}", rows[f"LISTA-CP K={k}"], flush=True)
             for label, fista in (("ISTA", False), ("FISTA", True)):

@@ -3,7 +3,8 @@
 Models are trained on sample_data (RGB, and a gray copy) at native resolution
 (data.image_size=null), so a 1024² image really is scored at 1024². For each size and
 channel count: end-to-end `detect` images/s (read PNG, model, write heatmap, mask, map,
-scores row), forward-only images/s, the forward's FLOP count divided by the matrix-multiply
+scores row), maps images/s (all scales' models, code distances, fold and smoothing), forward-only
+images/s (the unfolded layers alone), the forward's FLOP count divided by the matrix-multiply
 rate measured in this run (its floor), the efficiency floor/actual, and the peak resident
 memory of a fresh process scoring one image. Also the default config (image_size=128) at 256².
 
@@ -96,10 +97,12 @@ def main() -> None:
         for channels, data in ((3, SAMPLE), (1, tmp / "gray")):
             models[channels] = tmp / f"native{channels}.pt"
             train(data, load_config(None, ["data.image_size=null", "train.steps=20"]), models[channels])
-        default_model = tmp / "default.pt"
+        default_model, sparse_only_model = tmp / "default.pt", tmp / "sparse_only.pt"
         train(SAMPLE, load_config(None, ["train.steps=20"]), default_model)
+        train(SAMPLE, load_config(None, ["train.steps=20", "score.bank_size=0", "data.scales=[1]"]), sparse_only_model)
         cases = [(s, c, models[c], "native") for s in map(int, args.sizes.split(",")) for c in (1, 3)]
         cases.append((256, 3, default_model, "default (resized to 128)"))
+        cases.append((256, 3, sparse_only_model, "first release: S only, scale 1"))
         for size, channels, model, mode in cases:
             detector = load_checkpoint(model)
             count = max(4, min(64, 2**22 // (size * size)))
@@ -123,6 +126,10 @@ def main() -> None:
                 for _ in range(repeats):
                     detector.model(rows_in)
                 forward_s = (time.perf_counter() - started) / repeats
+                started = time.perf_counter()
+                for _ in range(repeats):
+                    detector.anomaly_maps(image[None])
+                maps_s = (time.perf_counter() - started) / repeats
             h, w = image.shape[-2:]
             flops = forward_flops(detector, h, w)
             rate = matmul_rate(rows_in.shape[1], detector.model.dim)
@@ -135,6 +142,7 @@ def main() -> None:
                 "model_side": f"{w}x{h}",
                 "end_to_end_img_s": end_to_end,
                 "forward_img_s": 1 / forward_s,
+                "maps_img_s": 1 / maps_s,
                 "gflop": flops / 1e9,
                 "matmul_gflop_s": rate / 1e9,
                 "floor_img_s": 1 / floor_s,
@@ -159,14 +167,15 @@ def main() -> None:
             }
             print(huge, file=sys.stderr)
     print(
-        "| image | mode | detect img/s (end to end) | forward img/s | floor img/s | forward efficiency |"
+        "| image | mode | detect img/s (end to end) | maps img/s | forward img/s | floor img/s | forward efficiency |"
         " end to end / forward | GFLOP | peak RSS MB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         kind = "RGB" if r["channels"] == 3 else "gray"
         print(
-            f"| {r['size']}² {kind} | {r['mode']} | {r['end_to_end_img_s']:.1f} | {r['forward_img_s']:.1f} |"
+            f"| {r['size']}² {kind} | {r['mode']} | {r['end_to_end_img_s']:.1f} | {r['maps_img_s']:.1f} |"
+            f" {r['forward_img_s']:.1f} |"
             f" {r['floor_img_s']:.1f} | {100 * r['efficiency']:.0f} % |"
             f" {100 * r['end_to_end_share_of_forward']:.0f} % |"
             f" {r['gflop']:.2f} | {r['peak_rss_mb']:.0f} |"

@@ -58,6 +58,7 @@ def save_checkpoint(path: str | Path, detector: Detector, extra: dict[str, Any] 
 def _rebuild_scales(payload: dict[str, Any], config: Config, device: str | torch.device) -> list[Scale]:
     # Format 1 held one model at full scale under "state" and no code bank.
     entries = payload["scales"] if payload["format_version"] >= 2 else [{"factor": 1, "state": payload["state"]}]
+    config.data.scales = [int(entry["factor"]) for entry in entries]
     scales = []
     for entry in entries:
         state = entry["state"]

@@ -36,7 +36,7 @@ class DataConfig:
     image_size: int | None = _opt(128, low=8)
     channels: str = _opt("auto", choices=("auto", "gray", "rgb"))
     tile_size: int = _opt(1024, low=64)
-    scales: list[int] = _opt([1], low=1, high=16)
+    scales: list[int] = _opt([1, 2], low=1, high=16)
 
 
 @dataclass
@@ -57,7 +57,7 @@ class ModelConfig:
     fista: bool = _opt(False)
     learn: bool = _opt(True)
     background: str = _opt("global", choices=("global", "image", "both"))
-    image_threshold: float = _opt(0.1, low=0.0, high=1.0, open_low=True, open_high=True)
+    image_threshold: float = _opt(0.03, low=0.0, high=1.0, open_low=True, open_high=True)
 
 
 @dataclass

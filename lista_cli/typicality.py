@@ -39,8 +39,13 @@ class CodeBank(torch.nn.Module):
         """(B, N, d) backgrounds -> (B, N) distance of each code to its nearest normal code."""
         codes = backgrounds @ self.basis  # (B, N, R)
         flat = codes.reshape(-1, codes.shape[-1])
+        # argmin_j ||c - b_j||^2 = argmin_j (||b_j||^2 - 2 c.b_j): one matrix product per block
+        # and no square root over the (block, bank) matrix; then the exact distance to the
+        # chosen code (the expanded form cancels badly when c is close to b_j).
+        norms = self.codes.square().sum(dim=1)[None]  # (1, M)
         nearest = [
-            torch.cdist(flat[i : i + DISTANCE_BLOCK], self.codes).min(dim=1).values
+            torch.addmm(norms, flat[i : i + DISTANCE_BLOCK], self.codes.T, alpha=-2).argmin(dim=1)
             for i in range(0, len(flat), DISTANCE_BLOCK)
         ]
-        return torch.cat(nearest).view(codes.shape[:2])
+        chosen = self.codes[torch.cat(nearest)]  # (B*N, R)
+        return (flat - chosen).square().sum(dim=1).sqrt().view(codes.shape[:2])

@@ -125,12 +125,12 @@ def multiscale(setup, tmp_path_factory):
     return train_tiny(data, data.parent / "ms.pt", "--set", "data.scales=[1,2,3]")
 
 
-@pytest.mark.parametrize("which", ["single", "multiscale"])
+@pytest.mark.parametrize("which", ["default", "multiscale"])
 def test_tiles_equal_the_whole_image(setup, multiscale, which, rng):
-    model = setup[0] if which == "single" else multiscale
+    model = setup[0] if which == "default" else multiscale
     detector = load_checkpoint(model)
     detector.config.data.image_size = None
-    assert len(detector.scales) == (1 if which == "single" else 3)
+    assert len(detector.scales) == (2 if which == "default" else 3)  # the default [1, 2], or [1, 2, 3]
     image = detector.prepare(texture(rng, 97, 83).astype(np.float32) / 255)  # sides not multiples of 2 or 3
     whole = detector.anomaly_maps(image[None])[0]
     detector.config.data.tile_size = 16

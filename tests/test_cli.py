@@ -171,17 +171,34 @@ def test_checkpoint_keeps_the_code_bank_and_reads_format_1(model, tmp_path, mvte
     detector = load_checkpoint(model)
     bank = detector.scales[0].bank
     assert bank is not None and bank.codes.shape[1] == bank.basis.shape[1]
-    assert len(detector.map_weights) == 2 and all(w > 0 for w in detector.map_weights)
+    assert len(detector.map_weights) == 4 and all(w > 0 for w in detector.map_weights)  # 2 maps x 2 scales
     image = read_image(next((mvtec / "test" / "spot").iterdir()))
     with_bank = detector.detect_batch([image])[0].anomaly_map
     # a format-1 file (one model under "state", no bank) loads and scores with the sparse part alone
     payload = torch.load(model, weights_only=True)
     payload["format_version"] = 1
     payload["state"] = payload.pop("scales")[0]["state"]
+    payload["config"]["data"].pop("scales")  # format 1 had no data.scales: the default must not apply
     del payload["calibration"]["map_weights"]
     old = tmp_path / "old.pt"
     torch.save(payload, old)
     legacy = load_checkpoint(old)
-    assert legacy.scales[0].bank is None and legacy.map_weights == [1.0]
+    assert legacy.scales[0].bank is None and legacy.map_weights == [1.0] and legacy.config.data.scales == [1]
     sparse_only = legacy.detect_batch([image])[0].anomaly_map
     assert sparse_only.shape == with_bank.shape and not np.allclose(sparse_only, with_bank)
+
+
+def test_training_that_only_hurts_keeps_the_untrained_model(mvtec, tmp_path):
+    """A wild learning rate wrecks the layers; validation must keep step 0 (ISTA itself)."""
+    from lista_cli.config import load_config
+    from lista_cli.train import train
+
+    overrides = ["train.steps=6", "train.val_every=2", "train.batch=4", "score.bank_size=0"]
+    wrecked = train(mvtec, load_config(None, [*overrides, "train.lr=50"]), tmp_path / "wrecked.pt")
+    train(mvtec, load_config(None, [*overrides, "model.learn=false"]), tmp_path / "ista.pt")
+    assert len(wrecked.scales) == 2  # the default scales 1 and 2: each keeps its own best step
+    for scale in wrecked.scales:
+        assert scale["best_step"] == 0 and scale["val_auroc_best"] == scale["val_auroc_start"]
+    a, b = (torch.load(tmp_path / name, weights_only=True)["scales"] for name in ("wrecked.pt", "ista.pt"))
+    for kept, ista in zip(a, b, strict=True):
+        assert all(torch.equal(kept["state"][k], ista["state"][k]) for k in kept["state"])
