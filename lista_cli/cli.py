@@ -149,12 +149,14 @@ def train(
                 f"{summary.channels} channel(s), {summary.steps} steps per scale in {summary.seconds:.1f}s; "
                 f"threshold {summary.threshold:.4g}",
                 highlight=False,
+                soft_wrap=True,
             )
             for scale in summary.scales:
                 err.print(
                     f"  scale 1/{scale['factor']}: subspace rank {scale['rank']}, validation pixel AUROC "
                     f"{scale['val_auroc_start']:.3f} -> {scale['val_auroc_best']:.3f} (kept step {scale['best_step']})",
                     highlight=False,
+                    soft_wrap=True,
                 )
             err.print(f"wrote {out}", highlight=False)
 
