@@ -77,6 +77,16 @@ def pair(row: dict) -> str:
     return f"{row['pixel_auroc']:.3f} / {row['image_auroc']:.3f}"
 
 
+def dataset_table(results: dict, variants: list[str], title: str, cell) -> None:
+    """A markdown table, a row per dataset, a column per variant: cell(trained, untrained)."""
+    print(f"\n### {title}\n")
+    print("| dataset | " + " | ".join(variants) + " |")
+    print("|---|" + "---|" * len(variants))
+    for dataset, rows in results.items():
+        cells = [cell(rows[f"{v} | trained"], rows[f"{v} | untrained"]) for v in variants]
+        print(f"| {dataset} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, nargs="+", default=[SHARED / "piped", SHARED / "brick"])
@@ -122,16 +132,13 @@ def main() -> None:
             cells.append(f"**{means[0]:.3f} / {means[1]:.3f}** ({means[2]:.3f} / {means[3]:.3f})")
         print(f"| **PIPED mean ({len(piped)})** | " + " | ".join(cells) + " |")
 
-    print("\n### Trained pixel AUROC minus untrained (negative: training hurt)\n")
-    print("| dataset | " + " | ".join(args.variants) + " |")
-    print("|---|" + "---|" * len(args.variants))
-    for dataset, rows in results.items():
-        cells = [
-            f"{rows[f'{v} | trained']['pixel_auroc'] - rows[f'{v} | untrained']['pixel_auroc']:+.3f}"
-            for v in args.variants
-        ]
-        print(f"| {dataset} | " + " | ".join(cells) + " |")
+    def gain(trained: dict, untrained: dict) -> str:
+        return f"{trained['pixel_auroc'] - untrained['pixel_auroc']:+.3f}"
 
+    def timing(trained: dict, untrained: dict) -> str:
+        return f"{trained['train_seconds']:.1f} / {trained['detect_images_per_second']:.0f}"
+
+    dataset_table(results, args.variants, "Trained pixel AUROC minus untrained (negative: training hurt)", gain)
     for dataset, rows in results.items():
         kinds = list(next(iter(rows.values()))["kinds"])
         if len(kinds) < 2:
@@ -144,15 +151,7 @@ def main() -> None:
             cells = [f"{pair(trained['kinds'][k])} ({pair(untrained['kinds'][k])})" for k in kinds]
             print(f"| {v} | " + " | ".join(cells) + " |")
 
-    print("\n### Time: training s / detect img/s (end to end), trained models\n")
-    print("| dataset | " + " | ".join(args.variants) + " |")
-    print("|---|" + "---|" * len(args.variants))
-    for dataset, rows in results.items():
-        cells = [
-            f"{rows[f'{v} | trained']['train_seconds']:.1f} / {rows[f'{v} | trained']['detect_images_per_second']:.0f}"
-            for v in args.variants
-        ]
-        print(f"| {dataset} | " + " | ".join(cells) + " |")
+    dataset_table(results, args.variants, "Time: training s / detect img/s (end to end), trained models", timing)
 
     cpu = platform.processor() or platform.machine()
     machine = f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
