@@ -214,7 +214,7 @@ def train_scale(
     cfg = config
     rng = torch.Generator().manual_seed(cfg.train.seed + factor - 1)
     small = [downsample(t[None], factor)[0] for t in fitting]
-    small = [t for t in small if min(t.shape[-2:]) >= cfg.patch.size] or small
+    small = [t for t in small if min(t.shape[-2:]) >= cfg.patch.size]  # train() checked one is left
     p, stride = cfg.patch.size, cfg.patch.stride
     rows = torch.cat([patches.unfold(t[None], p, stride)[0] for t in small])  # (n, d)
     if len(rows) > MAX_PCA_ROWS:
@@ -298,9 +298,21 @@ def train(
     held_out = [images[i] for i in order[:held_count]]
     fitting = [images[i] for i in order[held_count:]]
 
+    factors = []
+    for factor in cfg.data.scales:
+        largest = max(min(t.shape[-2:]) for t in fitting)
+        if -(-largest // factor) < cfg.patch.size:  # ceil: the block means downsample() takes
+            warn(
+                f"scale 1/{factor} skipped: the training images are at most {-(-largest // factor)} px"
+                f" on a side there, smaller than the patch size {cfg.patch.size}"
+            )
+            continue
+        factors.append(factor)
+    cfg = copy.deepcopy(cfg)
+    cfg.data.scales = factors  # the checkpoint's config names the scales it holds
     scales, summaries = [], []
     steps = cfg.train.steps if cfg.model.learn else 0
-    for number, factor in enumerate(cfg.data.scales):
+    for number, factor in enumerate(factors):
         offset = number * steps
         counted = None if on_step is None else (lambda k, loss, val, o=offset: on_step(o + k, loss, val))
         scale, scale_summary = train_scale(fitting, held_out, cfg, factor, channels, counted)

@@ -13,6 +13,8 @@ from typer.testing import CliRunner
 
 from lista_cli.cli import app
 
+from .conftest import texture
+
 runner = CliRunner()
 FAST = ["--set", "train.steps=4", "--set", "train.val_every=2", "--set", "train.batch=4", "--quiet"]
 
@@ -202,3 +204,46 @@ def test_training_that_only_hurts_keeps_the_untrained_model(mvtec, tmp_path):
     a, b = (torch.load(tmp_path / name, weights_only=True)["scales"] for name in ("wrecked.pt", "ista.pt"))
     for kept, ista in zip(a, b, strict=True):
         assert all(torch.equal(kept["state"][k], ista["state"][k]) for k in kept["state"])
+
+
+@pytest.mark.parametrize("background", ["image", "both"])
+def test_image_background_trains_detects_and_tiles(mvtec, tmp_path, background):
+    from lista_cli.checkpoint import load_checkpoint
+
+    model = tmp_path / f"{background}.pt"
+    result = runner.invoke(
+        app, ["train", str(mvtec), "--out", str(model), *FAST, "--set", f"model.background={background}"]
+    )
+    assert result.exit_code == 0, result.output
+    detector = load_checkpoint(model)
+    assert detector.model.background == background and "log_tau" in dict(detector.model.named_parameters())
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["detect", str(model), str(mvtec / "test"), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert len(list(csv.DictReader(open(out / "scores.csv")))) == 4
+    # tiles hold their own low rank, so a tiled map is close to, not equal to, the whole map
+    detector.config.data.image_size = None
+    image = torch.rand(3, 70, 90)
+    whole = detector.anomaly_maps(image[None])[0]
+    detector.config.data.tile_size = 64
+    tiled = detector.tiled_map(image)
+    assert tiled.shape == whole.shape and torch.isfinite(tiled).all()
+
+
+def test_a_scale_too_small_for_a_patch_is_skipped_with_a_warning(tmp_path, rng):
+    from lista_cli.checkpoint import load_checkpoint
+
+    data = tmp_path / "tiny"
+    data.mkdir()
+    for i in range(5):
+        Image.fromarray(texture(rng, 12, 13)).save(data / f"{i}.png")
+    model = tmp_path / "tiny.pt"
+    result = runner.invoke(
+        app, ["train", str(data), "--out", str(model), "--set", "data.image_size=null", "--set", "train.steps=2"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "scale 1/2 skipped" in result.stderr and "Traceback" not in result.output
+    detector = load_checkpoint(model)
+    assert [s.factor for s in detector.scales] == [1] and detector.config.data.scales == [1]
+    result = runner.invoke(app, ["detect", str(model), str(data), "--out", str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code == 0, result.output
