@@ -140,7 +140,14 @@ def train(
                     state["val"] = val
                 progress.update(task, completed=step, info=f"loss {loss:.4f}  val AUROC {state['val']:.3f}")
 
-            summary = run_train(data_dir, cfg, out, on_step=on_step, warn=lambda m: quiet or err.print(f"warning: {m}"))
+            summary = run_train(
+                data_dir,
+                cfg,
+                out,
+                on_step=on_step,
+                warn=lambda m: quiet or err.print(f"warning: {m}", highlight=False, soft_wrap=True),
+                on_total=lambda n: progress.update(task, total=n),
+            )
         if json_out:
             print(json.dumps({"model": str(out), **summary.__dict__}))
         elif not quiet:

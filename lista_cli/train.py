@@ -285,10 +285,11 @@ def train(
     out: Path,
     on_step: Callable[[int, float, float | None], None] | None = None,
     warn: Callable[[str], None] = lambda message: None,
+    on_total: Callable[[int], None] | None = None,
 ) -> TrainSummary:
     """Train a model per image scale on the normal images under `data_dir`, calibrate their
     combined map on the held-out images and write the checkpoint `out`. `on_step` counts
-    steps over all scales."""
+    steps over all scales; `on_total` is told their number once the scales are known."""
     started = time.perf_counter()
     cfg = config
     images, channels, skipped = load_training_images(data_dir, cfg, warn)
@@ -312,6 +313,8 @@ def train(
     cfg.data.scales = factors  # the checkpoint's config names the scales it holds
     scales, summaries = [], []
     steps = cfg.train.steps if cfg.model.learn else 0
+    if on_total:
+        on_total(steps * len(factors))
     for number, factor in enumerate(factors):
         offset = number * steps
         counted = None if on_step is None else (lambda k, loss, val, o=offset: on_step(o + k, loss, val))
