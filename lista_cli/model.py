@@ -35,20 +35,32 @@ LAYER_KINDS = ("full", "cp", "alista")
 BACKGROUNDS = ("global", "image", "both")
 
 
+class PrincipalAxes:
+    """PCA of normal patches (n, d), computed once: the mean and every principal direction,
+    from which subspaces keeping different shares of the energy are cut."""
+
+    def __init__(self, patches: torch.Tensor) -> None:
+        rows = patches.double()
+        self.mean = rows.mean(0)
+        centred = rows - self.mean
+        covariance = centred.T @ centred / max(len(rows) - 1, 1)  # (d, d)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+        self.eigenvalues, self.eigenvectors = eigenvalues.flip(0).clamp(min=0), eigenvectors.flip(1)
+
+    def basis(self, energy: float, max_rank: int | None = None) -> torch.Tensor:
+        """An orthonormal basis U (d, r) of the fewest leading directions keeping `energy`."""
+        share = torch.cumsum(self.eigenvalues, 0) / self.eigenvalues.sum().clamp(min=1e-30)
+        dim = len(self.mean)
+        rank = min(int((share < energy).sum().item()) + 1, dim - 1, max_rank or dim)
+        return self.eigenvectors[:, :rank].float().contiguous()
+
+
 def fit_subspace(
     patches: torch.Tensor, energy: float, max_rank: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PCA of normal patches (n, d): mean (d,) and an orthonormal basis U (d, r) keeping `energy`."""
-    rows = patches.double()
-    mean = rows.mean(0)
-    centred = rows - mean
-    covariance = centred.T @ centred / max(len(rows) - 1, 1)  # (d, d)
-    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
-    eigenvalues, eigenvectors = eigenvalues.flip(0).clamp(min=0), eigenvectors.flip(1)
-    share = torch.cumsum(eigenvalues, 0) / eigenvalues.sum().clamp(min=1e-30)
-    rank = int((share < energy).sum().item()) + 1
-    rank = min(rank, len(mean) - 1, max_rank or len(mean))
-    return mean.float(), eigenvectors[:, :rank].float().contiguous()
+    axes = PrincipalAxes(patches)
+    return axes.mean.float(), axes.basis(energy, max_rank)
 
 
 IMAGE_RANK = 32  # at most this many of the image's own leading directions form L
@@ -115,7 +127,7 @@ class UnfoldedISTA(nn.Module):
         relative_threshold: bool = True,
         fista: bool = False,
         background: str = "global",
-        image_threshold: float = 0.1,
+        image_threshold: float = 0.03,
     ) -> None:
         super().__init__()
         if kind not in LAYER_KINDS:

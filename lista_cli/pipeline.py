@@ -165,12 +165,12 @@ class Detector:
         noise = []
         for scale in self.scales:
             small = downsample(image[None].to(self.device), scale.factor)
-            area = small.shape[-2] * small.shape[-1]
-            step = cfg.patch.stride * max(1, math.ceil(math.sqrt(area / cfg.patch.stride**2 / 65536)))
-            sample = patches.unfold(small, min(cfg.patch.size, *small.shape[-2:]), step)
-            if sample.shape[-1] != scale.model.dim:  # too small for one patch: scored as nothing
+            if min(small.shape[-2:]) < cfg.patch.size:  # too small for one patch: scored as nothing
                 noise.append(small.new_ones(1, 1, 1))
                 continue
+            area = small.shape[-2] * small.shape[-1]
+            step = cfg.patch.stride * max(1, math.ceil(math.sqrt(area / cfg.patch.stride**2 / 65536)))
+            sample = patches.unfold(small, cfg.patch.size, step)
             noise.append(scale.model.noise_scale(sample - scale.model.mean))
         out = torch.empty(height, width)
         for top in range(0, height, tile):

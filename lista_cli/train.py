@@ -21,7 +21,7 @@ from .errors import ListaError
 from .imageio import ImageError, read_image
 from .inputs import collect_inputs
 from .metrics import roc_auc
-from .model import build_model, fit_subspace
+from .model import PrincipalAxes, build_model
 from .pipeline import Detector, Scale, downsample, to_tensor
 from .scoring import calibrate
 from .typicality import MAX_CODE_RANK, CodeBank
@@ -219,12 +219,11 @@ def train_scale(
     rows = torch.cat([patches.unfold(t[None], p, stride)[0] for t in small])  # (n, d)
     if len(rows) > MAX_PCA_ROWS:
         rows = rows[torch.randperm(len(rows), generator=rng)[:MAX_PCA_ROWS]]
-    mean, basis = fit_subspace(rows, cfg.model.energy, cfg.model.max_rank)
+    axes = PrincipalAxes(rows)
+    basis = axes.basis(cfg.model.energy, cfg.model.max_rank)
     m = cfg.model
-    model = build_model(mean, basis, m, learn=m.learn)
-    code_basis = None
-    if cfg.score.bank_size:
-        _, code_basis = fit_subspace(rows, cfg.score.code_energy, MAX_CODE_RANK)
+    model = build_model(axes.mean.float(), basis, m, learn=m.learn)
+    code_basis = axes.basis(cfg.score.code_energy, MAX_CODE_RANK) if cfg.score.bank_size else None
     scale = Scale(factor, model)
     if code_basis is not None:
         scale.bank = build_bank(model, code_basis, small, cfg, cfg.train.seed)
@@ -300,11 +299,12 @@ def train(
     fitting = [images[i] for i in order[held_count:]]
 
     factors = []
+    largest = max(min(t.shape[-2:]) for t in fitting)
     for factor in cfg.data.scales:
-        largest = max(min(t.shape[-2:]) for t in fitting)
-        if -(-largest // factor) < cfg.patch.size:  # ceil: the block means downsample() takes
+        side = -(-largest // factor)  # ceil: downsample() keeps partial blocks
+        if side < cfg.patch.size:
             warn(
-                f"scale 1/{factor} skipped: the training images are at most {-(-largest // factor)} px"
+                f"scale 1/{factor} skipped: the training images are at most {side} px"
                 f" on a side there, smaller than the patch size {cfg.patch.size}"
             )
             continue
