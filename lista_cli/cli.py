@@ -165,6 +165,12 @@ def train(
                     highlight=False,
                     soft_wrap=True,
                 )
+            err.print(
+                f"  maps combined with sparse share {summary.sparse_share:g}: validation pixel AUROC"
+                f" {summary.val_auroc:.3f}",
+                highlight=False,
+                soft_wrap=True,
+            )
             err.print(f"wrote {out}", highlight=False)
 
 

@@ -61,7 +61,7 @@ class Scale:
 
     factor: int
     model: UnfoldedISTA
-    bank: CodeBank | None = None  # normal background codes; None scores the sparse part only
+    bank: CodeBank | None = None  # normal patch codes; None scores the sparse part only
 
     @property
     def components(self) -> int:
@@ -101,8 +101,8 @@ class Detector:
 
     def scale_components(self, scale: Scale, image: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """(1, C, h, w) image at this scale's resolution -> (1, M, h, w) unsmoothed maps:
-        ||s|| folded to pixels and, with a code bank, the background code's distance to normal
-        codes. `noise` (1, 1, 1) overrides the model's per-image noise scale."""
+        ||s|| folded to pixels and, with a code bank, the distance of each patch's code to the
+        nearest normal code. `noise` (1, 1, 1) overrides the model's per-image noise scale."""
         p, stride = self.config.patch.size, self.config.patch.stride
         size = image.shape[-2:]
         if min(size) < p:  # a coarse scale of a small image has no patch: it adds nothing
@@ -111,7 +111,7 @@ class Detector:
         sparse = scale.model(rows, noise)
         components = [scoring.sparse_to_map(sparse, size, self.channels, p, stride)]
         if scale.bank is not None:
-            distances = scale.bank.distances(rows - scale.model.mean - sparse)  # (1, N)
+            distances = scale.bank.distances(rows - scale.model.mean)  # (1, N)
             components.append(scoring.patch_values_to_map(distances, size, p, stride))
         return torch.stack(components, dim=1)
 

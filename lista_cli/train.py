@@ -27,6 +27,8 @@ from .scoring import calibrate
 from .typicality import MAX_CODE_RANK, CodeBank
 
 MAX_PCA_ROWS = 200_000
+MAX_BANK_CANDIDATES = 500_000  # patches whose codes the bank's coreset is chosen from
+SPARSE_SHARES = (0.5, 0.25, 0.75, 0.1, 0.9, 0.0, 1.0)  # candidate mixes; the first wins ties
 
 
 class TrainError(ListaError):
@@ -42,6 +44,8 @@ class TrainSummary:
     scales: list[dict]  # a ScaleSummary per image scale, as a dict
     threshold: float
     seconds: float
+    sparse_share: float = 1.0  # weight of the sparse-part maps against the code maps
+    val_auroc: float = 0.0  # validation pixel AUROC of the combined map
     skipped: list[str] = field(default_factory=list)
 
 
@@ -166,27 +170,62 @@ def map_weights(normal_components: list[torch.Tensor], quantile: float = 0.99) -
     return [1.0 / max(float(level), 1e-6) for level in levels]
 
 
-def validation_auroc(detector: Detector, images: torch.Tensor, masks: torch.Tensor) -> float:
-    """Pixel AUROC on the validation set, with map weights from its clean images."""
-    components = _components_in_batches(detector, images)
+def share_weights(detector: Detector, levels: list[float], share: float) -> list[float]:
+    """Map weights: each component's level, times `share` for sparse-part maps and
+    1 - share for code maps (the components come per scale as [sparse, code])."""
+    kinds = [kind for scale in detector.scales for kind in ("sparse", "code")[: scale.components]]
+    return [level * (share if kind == "sparse" else 1.0 - share) for level, kind in zip(levels, kinds, strict=True)]
+
+
+def choose_weights(
+    detector: Detector, components: list[torch.Tensor], masks: torch.Tensor
+) -> tuple[list[float], float, float]:
+    """(weights, sparse share, validation pixel AUROC) of the best mix of the validation
+    components. Which map carries a texture's defects differs: S on paper, the code
+    distance on periodic brick, so the share is chosen here unless score.sparse_share is set."""
     clean = [c for c, m in zip(components, masks, strict=True) if not m.any()]
-    weights = map_weights(clean)
-    maps = torch.cat([detector.combine(c[None], weights) for c in components])
-    return roc_auc(masks.numpy(), maps.cpu().numpy())
+    levels = map_weights(clean)
+    fixed = detector.config.score.sparse_share
+    if fixed is not None:
+        shares = [fixed]
+    elif any(scale.bank is not None for scale in detector.scales):
+        shares = SPARSE_SHARES
+    else:
+        shares = [1.0]
+    best: tuple[list[float], float, float] | None = None
+    for share in shares:
+        weights = share_weights(detector, levels, share)
+        maps = torch.cat([detector.combine(c[None], weights) for c in components])
+        auroc = roc_auc(masks.numpy(), maps.cpu().numpy())
+        if best is None or auroc > best[2]:
+            best = (weights, share, auroc)
+    return best  # type: ignore[return-value]
+
+
+def validation_auroc(detector: Detector, images: torch.Tensor, masks: torch.Tensor) -> float:
+    """Pixel AUROC on the validation set, with its best mix of the component maps."""
+    return choose_weights(detector, _components_in_batches(detector, images), masks)[2]
 
 
 @torch.inference_mode()
-def build_bank(model, basis: torch.Tensor, images: list[torch.Tensor], config: Config, seed: int) -> CodeBank:
-    """Codes of the backgrounds x - mu - s_K of normal training patches, at most bank_size."""
-    rng = torch.Generator().manual_seed(seed + 104729)
-    p, stride = config.patch.size, config.patch.stride
-    backgrounds = []
+def build_bank(mean: torch.Tensor, basis: torch.Tensor, images: list[torch.Tensor], config: Config) -> CodeBank:
+    """A coreset of at most bank_size codes of normal training patches x - mu, taken at every
+    pixel offset (stride 1) unless that exceeds MAX_BANK_CANDIDATES patches; then the stride
+    grows, and past patch.stride a seeded random subset of the patches is kept."""
+    p = config.patch.size
+    counts = [(t.shape[-2] - p + 1) * (t.shape[-1] - p + 1) for t in images]  # at stride 1
+    stride = 1
+    while stride < config.patch.stride and sum(counts) / stride**2 > MAX_BANK_CANDIDATES:
+        stride += 1
+    rng = torch.Generator().manual_seed(config.train.seed + 104729)
+    share = min(1.0, MAX_BANK_CANDIDATES / (sum(counts) / stride**2))
+    codes = []
     for image in images:
-        rows = patches.unfold(image[None], p, stride)
-        background = (rows - model.mean - model(rows))[0]
-        keep = min(len(background), -(-2 * config.score.bank_size // len(images)))
-        backgrounds.append(background[torch.randperm(len(background), generator=rng)[:keep]])
-    return CodeBank.from_backgrounds(basis, torch.cat(backgrounds), config.score.bank_size, rng)
+        rows = patches.unfold(image[None], p, stride)[0]
+        if share < 1.0:
+            rows = rows[torch.randperm(len(rows), generator=rng)[: max(1, round(share * len(rows)))]]
+        codes.append((rows - mean) @ basis)
+    return CodeBank.from_codes(basis, torch.cat(codes), config.score.bank_size)
 
 
 @dataclass
@@ -225,8 +264,8 @@ def train_scale(
     model = build_model(axes.mean.float(), basis, m, learn=m.learn)
     code_basis = axes.basis(cfg.score.code_energy, MAX_CODE_RANK) if cfg.score.bank_size else None
     scale = Scale(factor, model)
-    if code_basis is not None:
-        scale.bank = build_bank(model, code_basis, small, cfg, cfg.train.seed)
+    if code_basis is not None:  # the codes do not depend on the layers: built once
+        scale.bank = build_bank(model.mean, code_basis, small, cfg)
     detector = Detector([scale], cfg, channels)  # this scale alone, for validation
     val_images, val_masks = validation_set(held_out, cfg, cfg.train.seed)
     val_start = validation_auroc(detector, val_images, val_masks)
@@ -273,8 +312,6 @@ def train_scale(
                 on_step(step, loss.item(), val)
         model.load_state_dict(best_state)
     model.eval().requires_grad_(False)
-    if code_basis is not None and steps > 0:  # the backgrounds changed with the model
-        scale.bank = build_bank(model, code_basis, small, cfg, cfg.train.seed)
     return scale, ScaleSummary(factor, basis.shape[1], best_step, val_start, best_auroc)
 
 
@@ -323,12 +360,14 @@ def train(
         summaries.append(scale_summary)
     detector = Detector(scales, cfg, channels)
 
+    val_images, val_masks = validation_set(held_out, cfg, cfg.train.seed)
+    weights, share, val_auroc = choose_weights(detector, _components_in_batches(detector, val_images), val_masks)
     normal_components = _components_in_batches(detector, held_out)
-    weights = map_weights(normal_components)
     normal_maps = [detector.combine(c[None], weights)[0] for c in normal_components]
     s = cfg.score
     detector.calibration = calibrate(normal_maps, s.image_score, s.top_k, s.threshold_quantile, s.threshold_margin)
     detector.calibration["map_weights"] = weights
+    detector.calibration["sparse_share"] = share
     summary = TrainSummary(
         images=len(images),
         held_out=held_count,
@@ -337,6 +376,8 @@ def train(
         scales=[dataclasses.asdict(x) for x in summaries],
         threshold=detector.calibration["threshold"],
         seconds=time.perf_counter() - started,
+        sparse_share=share,
+        val_auroc=val_auroc,
         skipped=skipped,
     )
     save_checkpoint(out, detector, extra={"summary": summary.__dict__})

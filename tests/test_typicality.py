@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from lista_cli import scoring, typicality
-from lista_cli.typicality import CodeBank
+from lista_cli.typicality import CodeBank, coreset
 
 
 @pytest.mark.parametrize("block", [7, 4096])
@@ -11,7 +11,7 @@ def test_distances_equal_brute_force_nearest_neighbour(monkeypatch, block):
     monkeypatch.setattr(typicality, "DISTANCE_BLOCK", block)
     gen = torch.Generator().manual_seed(4)
     basis = torch.linalg.qr(torch.randn(19, 5, generator=gen))[0]
-    bank = CodeBank.from_backgrounds(basis, torch.randn(300, 19, generator=gen), size=113, rng=gen)
+    bank = CodeBank.from_codes(basis, torch.randn(300, 19, generator=gen) @ basis, size=113)
     assert bank.codes.shape == (113, 5)
     backgrounds = torch.randn(2, 23, 19, generator=gen)
     got = bank.distances(backgrounds).numpy()
@@ -25,7 +25,7 @@ def test_a_bank_code_is_at_distance_zero():
     gen = torch.Generator().manual_seed(5)
     basis = torch.eye(6)[:, :3]
     normal = torch.randn(40, 6, generator=gen)
-    bank = CodeBank.from_backgrounds(basis, normal, size=1000, rng=gen)
+    bank = CodeBank.from_codes(basis, normal @ basis, size=1000)
     assert len(bank.codes) == 40  # fewer rows than the size: all are kept
     distances = bank.distances(normal[None, :5])
     assert float(distances.abs().max()) < 1e-3
@@ -36,3 +36,32 @@ def test_patch_values_to_map_averages_covering_patches():
     got = scoring.patch_values_to_map(values, (8, 8), 4, 2)[0]
     assert got[0, 0] == 0 and got[7, 7] == 8
     assert got[2, 2] == pytest.approx((0 + 1 + 3 + 4) / 4)  # covered by four patches
+
+
+def _reference_coreset(points: np.ndarray, size: int) -> list[int]:
+    """Farthest-point k-centre in float64 with a full distance matrix."""
+    distances = np.sqrt(((points[:, None] - points[None]) ** 2).sum(-1))
+    chosen = [int(((points - points.mean(0)) ** 2).sum(1).argmin())]
+    while len(chosen) < size:
+        chosen.append(int(distances[:, chosen].min(1).argmax()))
+    return chosen
+
+
+@pytest.mark.parametrize("n, dim, size", [(257, 3, 17), (90, 11, 89), (5, 2, 5)])
+def test_coreset_equals_float64_farthest_point_reference(n, dim, size):
+    points = torch.randn(n, dim, generator=torch.Generator().manual_seed(n))
+    got = coreset(points, size).tolist()
+    expected = _reference_coreset(points.double().numpy(), size)
+    assert (got if size < n else sorted(got)) == (expected if size < n else sorted(expected))
+    assert len(set(got)) == size
+
+
+def test_coreset_keeps_a_rare_cluster_that_random_sampling_misses():
+    gen = torch.Generator().manual_seed(6)
+    common = torch.randn(5000, 4, generator=gen)
+    rare = 12.0 + 0.1 * torch.randn(5, 4, generator=gen)  # 0.1 % of the points, far away
+    points = torch.cat([common, rare])
+    chosen = coreset(points, 32)
+    assert (chosen >= 5000).any()
+    bank = CodeBank.from_codes(torch.eye(4), points, size=32)
+    assert float(bank.distances(rare[None]).max()) < 1.0  # rare normal codes are not "atypical"
