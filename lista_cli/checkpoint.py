@@ -22,8 +22,10 @@ from .pipeline import Detector, Scale
 from .typicality import CodeBank
 
 FORMAT = "lista-checkpoint"
-FORMAT_VERSION = 2  # 2: one model and code bank per image scale; 1 (one model, no bank) still loads
-READABLE_VERSIONS = (1, 2)
+# 3: each code of a bank has a cell radius; 2: one model and code bank per image scale (its
+# codes load with radius 1, plain distances); 1: one model, no bank. All three load.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 
 class CheckpointError(ListaError):
@@ -65,7 +67,7 @@ def _rebuild_scales(payload: dict[str, Any], config: Config, device: str | torch
         model = build_model(state["mean"], state["basis"], config.model, learn=False)
         model.load_state_dict(state)
         bank = entry.get("bank")
-        bank = None if bank is None else CodeBank(bank["basis"], bank["codes"])
+        bank = None if bank is None else CodeBank(bank["basis"], bank["codes"], bank.get("radii"))
         scales.append(Scale(int(entry["factor"]), model.eval().to(device), None if bank is None else bank.to(device)))
     return scales
 

@@ -27,7 +27,8 @@ from .scoring import calibrate
 from .typicality import MAX_CODE_RANK, CodeBank
 
 MAX_PCA_ROWS = 200_000
-MAX_BANK_CANDIDATES = 500_000  # patches whose codes the bank's coreset is chosen from
+MAX_BANK_CANDIDATES = 200_000  # patches whose codes the bank's coreset is chosen from
+BANK_BAND_PATCHES = 65536  # patches unfolded at once while building a bank
 SPARSE_SHARES = (0.5, 0.25, 0.75, 0.1, 0.9, 0.0, 1.0)  # candidate mixes; the first wins ties
 
 
@@ -210,21 +211,20 @@ def validation_auroc(detector: Detector, images: torch.Tensor, masks: torch.Tens
 @torch.inference_mode()
 def build_bank(mean: torch.Tensor, basis: torch.Tensor, images: list[torch.Tensor], config: Config) -> CodeBank:
     """A coreset of at most bank_size codes of normal training patches x - mu, taken at every
-    pixel offset (stride 1) unless that exceeds MAX_BANK_CANDIDATES patches; then the stride
-    grows, and past patch.stride a seeded random subset of the patches is kept."""
+    pixel offset; past MAX_BANK_CANDIDATES patches, a seeded random share of each image's."""
     p = config.patch.size
-    counts = [(t.shape[-2] - p + 1) * (t.shape[-1] - p + 1) for t in images]  # at stride 1
-    stride = 1
-    while stride < config.patch.stride and sum(counts) / stride**2 > MAX_BANK_CANDIDATES:
-        stride += 1
+    total = sum((t.shape[-2] - p + 1) * (t.shape[-1] - p + 1) for t in images)
+    share = min(1.0, MAX_BANK_CANDIDATES / total)
     rng = torch.Generator().manual_seed(config.train.seed + 104729)
-    share = min(1.0, MAX_BANK_CANDIDATES / (sum(counts) / stride**2))
     codes = []
     for image in images:
-        rows = patches.unfold(image[None], p, stride)[0]
-        if share < 1.0:
-            rows = rows[torch.randperm(len(rows), generator=rng)[: max(1, round(share * len(rows)))]]
-        codes.append((rows - mean) @ basis)
+        height, width = image.shape[-2:]
+        band = max(1, BANK_BAND_PATCHES // (width - p + 1))  # patch rows per band: bounded memory
+        for top in range(0, height - p + 1, band):
+            rows = patches.unfold(image[None, :, top : top + band + p - 1], p, 1)[0]
+            if share < 1.0:
+                rows = rows[torch.randperm(len(rows), generator=rng)[: max(1, round(share * len(rows)))]]
+            codes.append((rows - mean) @ basis)
     return CodeBank.from_codes(basis, torch.cat(codes), config.score.bank_size)
 
 

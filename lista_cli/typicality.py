@@ -23,32 +23,54 @@ DISTANCE_BLOCK = 512  # patches per block: the (block, bank) matrix stays in cac
 
 
 class CodeBank(torch.nn.Module):
-    """Normal patch codes (M, R) in the basis V (d, R)."""
+    """Normal patch codes (M, R) in the basis V (d, R), each with the radius (M,) of the
+    cell of training codes it stands for."""
 
-    def __init__(self, basis: torch.Tensor, codes: torch.Tensor) -> None:
+    def __init__(self, basis: torch.Tensor, codes: torch.Tensor, radii: torch.Tensor | None = None) -> None:
         super().__init__()
         self.register_buffer("basis", basis.clone().float())
         self.register_buffer("codes", codes.clone().float())
+        self.register_buffer("radii", torch.ones(len(codes)) if radii is None else radii.clone().float())
 
     @classmethod
     def from_codes(cls, basis: torch.Tensor, codes: torch.Tensor, size: int) -> CodeBank:
-        """A bank of at most `size` codes that cover the (n, R) normal codes (k-centre coreset)."""
-        return cls(basis, codes[coreset(codes, size)])
+        """A bank of at most `size` codes that cover the (n, R) normal codes (k-centre
+        coreset). Each centre's radius is the RMS distance of the codes nearest to it,
+        floored at half the median radius (a centre that covers only itself has radius 0)."""
+        centres = codes[coreset(codes, size)].float()
+        owner, distance = _nearest(codes.float(), centres, torch.ones(len(centres)))
+        sums = torch.zeros(len(centres), dtype=torch.float64).index_add_(0, owner, distance.double().square())
+        counts = torch.zeros(len(centres), dtype=torch.float64).index_add_(0, owner, torch.ones_like(sums[owner]))
+        radii = (sums / counts.clamp(min=1)).sqrt()
+        positive = radii[radii > 0]
+        floor = 0.5 * float(positive.median()) if len(positive) else 1.0
+        return cls(basis, centres, radii.clamp(min=floor).float())
 
     def distances(self, centred: torch.Tensor) -> torch.Tensor:
-        """(B, N, d) centred patches x - mu -> (B, N) distance of each code to its nearest normal code."""
+        """(B, N, d) centred patches x - mu -> (B, N) distance of each code to the nearest
+        normal code, in units of that code's cell radius: min_j ||c - b_j|| / r_j. Where
+        normal texture varies a lot (mortar edges), cells are wide and a code must be
+        further out to score; where it barely varies (flat brick), a small step is enough."""
         codes = centred @ self.basis  # (B, N, R)
-        flat = codes.reshape(-1, codes.shape[-1])
-        # argmin_j ||c - b_j||^2 = argmin_j (||b_j||^2 - 2 c.b_j): one matrix product per block
-        # and no square root over the (block, bank) matrix; then the exact distance to the
-        # chosen code (the expanded form cancels badly when c is close to b_j).
-        norms = self.codes.square().sum(dim=1)[None]  # (1, M)
-        nearest = [
-            torch.addmm(norms, flat[i : i + DISTANCE_BLOCK], self.codes.T, alpha=-2).argmin(dim=1)
-            for i in range(0, len(flat), DISTANCE_BLOCK)
-        ]
-        chosen = self.codes[torch.cat(nearest)]  # (B*N, R)
-        return (flat - chosen).square().sum(dim=1).sqrt().view(codes.shape[:2])
+        _, scaled = _nearest(codes.reshape(-1, codes.shape[-1]), self.codes, self.radii)
+        return scaled.view(codes.shape[:2])
+
+
+def _nearest(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For (n, R) points: the index of the centre minimising ||p - c_j|| / r_j, and that ratio.
+    One matrix product per block of DISTANCE_BLOCK points, through the expanded form
+    ||p||^2 + ||c_j||^2 - 2 p.c_j, then the exact distance to the chosen centre (the expanded
+    form cancels badly when p is close to c_j)."""
+    inverse = radii.square().reciprocal()[None]  # (1, M)
+    norms = centres.square().sum(dim=1)[None]
+    chosen = []
+    for i in range(0, len(points), DISTANCE_BLOCK):
+        block = points[i : i + DISTANCE_BLOCK]
+        squared = torch.addmm(norms + block.square().sum(dim=1, keepdim=True), block, centres.T, alpha=-2)
+        chosen.append((squared.clamp_(min=0) * inverse).argmin(dim=1))
+    index = torch.cat(chosen) if chosen else torch.zeros(0, dtype=torch.long)
+    exact = (points - centres[index]).square().sum(dim=1).sqrt() / radii[index]
+    return index, exact
 
 
 def coreset(points: torch.Tensor, size: int) -> torch.Tensor:

@@ -7,18 +7,32 @@ from lista_cli.typicality import CodeBank, coreset
 
 
 @pytest.mark.parametrize("block", [7, 4096])
-def test_distances_equal_brute_force_nearest_neighbour(monkeypatch, block):
+def test_distances_equal_brute_force_scaled_nearest_neighbour(monkeypatch, block):
     monkeypatch.setattr(typicality, "DISTANCE_BLOCK", block)
     gen = torch.Generator().manual_seed(4)
     basis = torch.linalg.qr(torch.randn(19, 5, generator=gen))[0]
     bank = CodeBank.from_codes(basis, torch.randn(300, 19, generator=gen) @ basis, size=113)
-    assert bank.codes.shape == (113, 5)
-    backgrounds = torch.randn(2, 23, 19, generator=gen)
-    got = bank.distances(backgrounds).numpy()
-    codes = (backgrounds @ basis).double().numpy()
-    normal = bank.codes.double().numpy()
-    expected = np.sqrt(((codes[:, :, None, :] - normal[None, None]) ** 2).sum(-1)).min(-1)
-    np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert bank.codes.shape == (113, 5) and bank.radii.shape == (113,)
+    centred = torch.randn(2, 23, 19, generator=gen)
+    got = bank.distances(centred).numpy()
+    codes = (centred @ basis).double().numpy()
+    normal, radii = bank.codes.double().numpy(), bank.radii.double().numpy()
+    distance = np.sqrt(((codes[:, :, None, :] - normal[None, None]) ** 2).sum(-1))
+    np.testing.assert_allclose(got, (distance / radii).min(-1), rtol=1e-4, atol=1e-5)
+    plain = CodeBank(basis, bank.codes)  # a bank without radii (checkpoint format 2): plain distances
+    np.testing.assert_allclose(plain.distances(centred).numpy(), distance.min(-1), atol=1e-4)
+
+
+def test_radii_are_the_floored_rms_distance_of_each_cell():
+    gen = torch.Generator().manual_seed(8)
+    codes = torch.randn(400, 3, generator=gen) * torch.tensor([3.0, 1.0, 0.2])
+    bank = CodeBank.from_codes(torch.eye(3), codes, size=37)
+    points, centres = codes.double().numpy(), bank.codes.double().numpy()
+    distance = np.sqrt(((points[:, None] - centres[None]) ** 2).sum(-1))
+    owner = distance.argmin(1)
+    rms = np.array([np.sqrt((distance[owner == j, j] ** 2).mean()) if (owner == j).any() else 0.0 for j in range(37)])
+    floor = 0.5 * np.median(rms[rms > 0])
+    np.testing.assert_allclose(bank.radii.numpy(), np.maximum(rms, floor), rtol=1e-4)
 
 
 def test_a_bank_code_is_at_distance_zero():
@@ -65,3 +79,19 @@ def test_coreset_keeps_a_rare_cluster_that_random_sampling_misses():
     assert (chosen >= 5000).any()
     bank = CodeBank.from_codes(torch.eye(4), points, size=32)
     assert float(bank.distances(rare[None]).max()) < 1.0  # rare normal codes are not "atypical"
+
+
+@pytest.mark.parametrize("band", [1, 7, 65536])
+def test_bank_holds_the_code_of_every_offset_whatever_the_band(monkeypatch, band):
+    from lista_cli import patches, train
+    from lista_cli.config import Config
+
+    monkeypatch.setattr(train, "BANK_BAND_PATCHES", band)
+    config = Config()
+    config.score.bank_size = 10**6  # keep every code
+    image = torch.rand(3, 50, 37, generator=torch.Generator().manual_seed(9))
+    mean, basis = torch.rand(192), torch.linalg.qr(torch.randn(192, 5))[0]
+    bank = train.build_bank(mean, basis, [image], config)
+    expected = (patches.unfold(image[None], 8, 1)[0] - mean) @ basis  # all 43 x 30 offsets
+    assert bank.codes.shape == expected.shape
+    torch.testing.assert_close(bank.codes.sort(dim=0).values, expected.sort(dim=0).values)
