@@ -58,6 +58,7 @@ def run(folder: Path, overrides: list[str], work: Path) -> dict:
         },
         "train_seconds": train_seconds,
         "best_steps": [s["best_step"] for s in summary.scales],
+        "sparse_share": summary.sparse_share,
         "detect_images_per_second": result.processed / result.seconds,
     }
 
@@ -109,7 +110,7 @@ def main() -> None:
                     print(
                         f"{folder.name:12s} {name:20s} {'trained' if learned else 'untrained':9s} {pair(row)}"
                         f" train {row['train_seconds']:5.1f}s detect {row['detect_images_per_second']:5.1f} img/s"
-                        f" kept {row['best_steps']}",
+                        f" kept {row['best_steps']} share {row['sparse_share']:g}",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -135,6 +136,9 @@ def main() -> None:
     def gain(trained: dict, untrained: dict) -> str:
         return f"{trained['pixel_auroc'] - untrained['pixel_auroc']:+.3f}"
 
+    def share(trained: dict, untrained: dict) -> str:
+        return f"{trained.get('sparse_share', 1.0):g} ({untrained.get('sparse_share', 1.0):g})"
+
     def timing(trained: dict, untrained: dict) -> str:
         return f"{trained['train_seconds']:.1f} / {trained['detect_images_per_second']:.0f}"
 
@@ -151,6 +155,7 @@ def main() -> None:
             cells = [f"{pair(trained['kinds'][k])} ({pair(untrained['kinds'][k])})" for k in kinds]
             print(f"| {v} | " + " | ".join(cells) + " |")
 
+    dataset_table(results, args.variants, "Sparse share chosen on validation, trained (untrained)", share)
     dataset_table(results, args.variants, "Time: training s / detect img/s (end to end), trained models", timing)
 
     cpu = platform.processor() or platform.machine()

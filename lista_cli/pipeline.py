@@ -134,7 +134,8 @@ class Detector:
 
     @property
     def map_weights(self) -> list[float]:
-        """Weights of the component maps: 1 / (their high quantile on held-out normal images)."""
+        """Weights of the component maps: 1 / (their high quantile on held-out normal images),
+        times the sparse share t (S maps) or 1 - t (code maps) chosen in training."""
         return self.calibration.get("map_weights") or [1.0] * sum(s.components for s in self.scales)
 
     def combine(self, components: torch.Tensor, weights: list[float] | None = None) -> torch.Tensor:

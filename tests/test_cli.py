@@ -166,7 +166,7 @@ def test_training_is_repeatable(mvtec, tmp_path):
     assert all(torch.equal(a["bank"][k], b["bank"][k]) for k in a["bank"])
 
 
-def test_checkpoint_keeps_the_code_bank_and_reads_format_1(model, tmp_path, mvtec):
+def test_checkpoint_keeps_the_code_bank_and_reads_formats_1_and_2(model, tmp_path, mvtec):
     from lista_cli.checkpoint import load_checkpoint
     from lista_cli.imageio import read_image
 
@@ -176,6 +176,16 @@ def test_checkpoint_keeps_the_code_bank_and_reads_format_1(model, tmp_path, mvte
     assert len(detector.map_weights) == 4 and all(w > 0 for w in detector.map_weights)  # 2 maps x 2 scales
     image = read_image(next((mvtec / "test" / "spot").iterdir()))
     with_bank = detector.detect_batch([image])[0].anomaly_map
+    # a format-2 file (banks without cell radii) loads with radius 1: plain nearest-code distances
+    payload = torch.load(model, weights_only=True)
+    payload["format_version"] = 2
+    for entry in payload["scales"]:
+        del entry["bank"]["radii"]
+    torch.save(payload, tmp_path / "v2.pt")
+    v2 = load_checkpoint(tmp_path / "v2.pt")
+    assert all(torch.equal(s.bank.radii, torch.ones(len(s.bank.codes))) for s in v2.scales)
+    assert bank.radii.min() > 0 and not torch.equal(bank.radii, torch.ones(len(bank.codes)))
+    assert v2.detect_batch([image])[0].anomaly_map.shape == with_bank.shape
     # a format-1 file (one model under "state", no bank) loads and scores with the sparse part alone
     payload = torch.load(model, weights_only=True)
     payload["format_version"] = 1
