@@ -58,16 +58,19 @@ class CodeBank(torch.nn.Module):
 
 def _nearest(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For (n, R) points: the index of the centre minimising ||p - c_j|| / r_j, and that ratio.
-    One matrix product per block of DISTANCE_BLOCK points, through the expanded form
-    ||p||^2 + ||c_j||^2 - 2 p.c_j, then the exact distance to the chosen centre (the expanded
-    form cancels badly when p is close to c_j)."""
-    inverse = radii.square().reciprocal()[None]  # (1, M)
-    norms = centres.square().sum(dim=1)[None]
+
+    With w_j = 1 / r_j^2, ||p - c_j||^2 w_j = ||p||^2 w_j + ||c_j||^2 w_j - 2 p.(c_j w_j): one
+    matrix product of [p, ||p||^2] with [-2 c_j w_j; w_j] per block of DISTANCE_BLOCK points
+    gives every scaled squared distance. Then the exact distance to the chosen centre (the
+    expanded form cancels badly when p is close to c_j)."""
+    weights = radii.square().reciprocal()  # (M,)
+    offsets = (centres.square().sum(dim=1) * weights)[None]  # (1, M)
+    factors = torch.cat([-2 * centres.T * weights, weights[None]])  # (R + 1, M)
     chosen = []
     for i in range(0, len(points), DISTANCE_BLOCK):
         block = points[i : i + DISTANCE_BLOCK]
-        squared = torch.addmm(norms + block.square().sum(dim=1, keepdim=True), block, centres.T, alpha=-2)
-        chosen.append((squared.clamp_(min=0) * inverse).argmin(dim=1))
+        lifted = torch.cat([block, block.square().sum(dim=1, keepdim=True)], dim=1)  # (b, R + 1)
+        chosen.append(torch.addmm(offsets, lifted, factors).argmin(dim=1))
     index = torch.cat(chosen) if chosen else torch.zeros(0, dtype=torch.long)
     exact = (points - centres[index]).square().sum(dim=1).sqrt() / radii[index]
     return index, exact
