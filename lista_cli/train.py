@@ -367,7 +367,6 @@ def train(
     s = cfg.score
     detector.calibration = calibrate(normal_maps, s.image_score, s.top_k, s.threshold_quantile, s.threshold_margin)
     detector.calibration["map_weights"] = weights
-    detector.calibration["sparse_share"] = share
     summary = TrainSummary(
         images=len(images),
         held_out=held_count,

@@ -40,7 +40,7 @@ class CodeBank(torch.nn.Module):
         centres = codes[coreset(codes, size)].float()
         owner, distance = _nearest(codes.float(), centres, torch.ones(len(centres)))
         sums = torch.zeros(len(centres), dtype=torch.float64).index_add_(0, owner, distance.double().square())
-        counts = torch.zeros(len(centres), dtype=torch.float64).index_add_(0, owner, torch.ones_like(sums[owner]))
+        counts = torch.bincount(owner, minlength=len(centres))
         radii = (sums / counts.clamp(min=1)).sqrt()
         positive = radii[radii > 0]
         floor = 0.5 * float(positive.median()) if len(positive) else 1.0
