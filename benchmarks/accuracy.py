@@ -1,13 +1,15 @@
-"""Accuracy per dataset and defect kind: background models, multi-scale, trained vs untrained.
+"""Accuracy over every dev set: the default config, per set and per defect kind, worst set and mean.
 
-For every dataset folder (each PIPED paper type and brick) and every variant below, trains on
-train/good twice, with the unfolded layers learned (the variant as configured) and untrained
-(model.learn=false: the same network as classical ISTA, K = 10), evaluates on test/ (pixel and
-image AUROC overall and per defect kind) and times training and `detect` end to end (read,
-model, write all outputs). Prints markdown tables and writes JSON.
+For every category folder under ../shared/data (the 8 PIPED paper types, brick, kolektor) it
+trains the default config (plus any --set overrides) on train/good, evaluates on test/ and
+times `detect` end to end (read, model, write every output). Per set and per defect kind:
+pixel AUROC, image AUROC, AUPRO (FPR <= 0.3), image F1 at the calibrated threshold, image
+F1-max, the share of good test images flagged, training seconds and detect images/s. Then
+the worst set (lowest of each column) and the mean. Defaults are chosen on the worst set.
 
-    python benchmarks/accuracy.py                      # ../shared/data/piped/* and ../shared/data/brick
-    python benchmarks/accuracy.py --data ../shared/data/brick --variants global image
+    python benchmarks/accuracy.py                                 # every set
+    python benchmarks/accuracy.py --only brick kolektor --set data.image_size=256
+    python benchmarks/accuracy.py --untrained                     # also model.learn=false
 """
 
 from __future__ import annotations
@@ -31,16 +33,32 @@ from lista_cli.inputs import collect_inputs
 from lista_cli.train import train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-VARIANTS = {
-    "global, S only": ["score.bank_size=0", "data.scales=[1]"],  # the model of the first release
-    "global": ["data.scales=[1]"],
-    "global, scales 1+2": ["data.scales=[1,2]"],  # the default
-    "image": ["model.background=image", "data.scales=[1]"],
-    "both": ["model.background=both", "data.scales=[1]"],
-}
+COLUMNS = [
+    ("pixel_auroc", "pixel AUROC", "{:.3f}"),
+    ("image_auroc", "image AUROC", "{:.3f}"),
+    ("aupro", "AUPRO", "{:.3f}"),
+    ("image_f1_calibrated", "image F1 at threshold", "{:.3f}"),
+    ("image_f1_max", "image F1-max", "{:.3f}"),
+    ("good_flagged", "good flagged", "{:.0%}"),
+    ("train_seconds", "train s", "{:.1f}"),
+    ("detect_images_per_second", "detect img/s", "{:.1f}"),
+]
+WORST_IS_HIGH = {"good_flagged", "train_seconds"}  # for these columns the worst set is the largest
+
+
+def datasets(paths: list[Path]) -> list[Path]:
+    """Category folders (with train/good) given directly or found up to two levels below."""
+    found = []
+    for path in paths:
+        if (path / "train" / "good").is_dir():
+            found.append(path)
+        elif path.is_dir():
+            found.extend(datasets(sorted(p for p in path.iterdir() if p.is_dir())))
+    return found
 
 
 def run(folder: Path, overrides: list[str], work: Path) -> dict:
+    """Train, evaluate and time one set; every figure of the tables."""
     cfg = load_config(None, overrides)
     model_path = work / "model.pt"
     started = time.perf_counter()
@@ -50,119 +68,90 @@ def run(folder: Path, overrides: list[str], work: Path) -> dict:
     report = evaluate(detector, folder)
     inputs = collect_inputs([str(folder / "test")]).images
     result = detect(detector, inputs, work / "out")
-    return {
-        "pixel_auroc": report["pixel_auroc"],
-        "image_auroc": report["image_auroc"],
-        "kinds": {
-            k: {"pixel_auroc": v["pixel_auroc"], "image_auroc": v["image_auroc"]} for k, v in report["kinds"].items()
-        },
-        "train_seconds": train_seconds,
-        "best_steps": [s["best_step"] for s in summary.scales],
-        "sparse_share": summary.sparse_share,
-        "detect_images_per_second": result.processed / result.seconds,
-    }
+    row = {key: report[key] for key, _, _ in COLUMNS if key in report}
+    row.update(
+        train_seconds=train_seconds,
+        detect_images_per_second=result.processed / result.seconds,
+        summary={k: v for k, v in summary.__dict__.items() if k != "skipped"},
+        kinds={kind: {key: m[key] for key, _, _ in COLUMNS if key in m} for kind, m in report["kinds"].items()},
+    )
+    return row
 
 
-def datasets(paths: list[Path]) -> list[Path]:
-    """Category folders (with train/good) given directly or as children of a folder."""
-    found = []
-    for path in paths:
-        if (path / "train" / "good").is_dir():
-            found.append(path)
-        else:
-            found.extend(sorted(p for p in path.iterdir() if (p / "train" / "good").is_dir()))
-    return found
+def cell(row: dict, key: str, fmt: str) -> str:
+    value = row.get(key, float("nan"))
+    return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else fmt.format(value)
 
 
-def pair(row: dict) -> str:
-    return f"{row['pixel_auroc']:.3f} / {row['image_auroc']:.3f}"
+def table(results: dict[str, dict]) -> None:
+    print("| set | " + " | ".join(title for _, title, _ in COLUMNS) + " |")
+    print("|---|" + "---|" * len(COLUMNS))
+    for name, row in results.items():
+        print(f"| {name} | " + " | ".join(cell(row, key, fmt) for key, _, fmt in COLUMNS) + " |")
+    if len(results) < 2:
+        return
+    worst, mean = {}, {}
+    for key, _, _ in COLUMNS:
+        values = [row[key] for row in results.values() if not np.isnan(row.get(key, float("nan")))]
+        if values:
+            worst[key] = max(values) if key in WORST_IS_HIGH else min(values)
+            mean[key] = float(np.mean(values))
+    print("| **worst set** | " + " | ".join(cell(worst, key, fmt) for key, _, fmt in COLUMNS) + " |")
+    print("| **mean** | " + " | ".join(cell(mean, key, fmt) for key, _, fmt in COLUMNS) + " |")
+    piped = {k: v for k, v in results.items() if k.startswith("PA_")}
+    if 1 < len(piped) < len(results):
+        means = {key: float(np.mean([r[key] for r in piped.values()])) for key, _, _ in COLUMNS}
+        print(f"| **PIPED mean ({len(piped)})** | " + " | ".join(cell(means, k, f) for k, _, f in COLUMNS) + " |")
 
 
-def dataset_table(results: dict, variants: list[str], title: str, cell) -> None:
-    """A markdown table, a row per dataset, a column per variant: cell(trained, untrained)."""
-    print(f"\n### {title}\n")
-    print("| dataset | " + " | ".join(variants) + " |")
-    print("|---|" + "---|" * len(variants))
-    for dataset, rows in results.items():
-        cells = [cell(rows[f"{v} | trained"], rows[f"{v} | untrained"]) for v in variants]
-        print(f"| {dataset} | " + " | ".join(cells) + " |")
+def kind_tables(results: dict[str, dict]) -> None:
+    keys = COLUMNS[:5]
+    for name, row in results.items():
+        if len(row["kinds"]) < 2:
+            continue
+        print(f"\n#### {name} per defect kind (that kind and the good images)\n")
+        print("| kind | " + " | ".join(title for _, title, _ in keys) + " |")
+        print("|---|" + "---|" * len(keys))
+        for kind, metrics in row["kinds"].items():
+            print(f"| {kind} | " + " | ".join(cell(metrics, key, fmt) for key, _, fmt in keys) + " |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, nargs="+", default=[SHARED / "piped", SHARED / "brick"])
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--data", type=Path, nargs="+", default=[SHARED])
+    parser.add_argument("--only", nargs="+", help="run only the sets with these names (e.g. brick PA_BDP01_TL)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
+    parser.add_argument("--untrained", action="store_true", help="also run with model.learn=false (classical ISTA)")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/accuracy.json"))
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    results: dict[str, dict[str, dict]] = {}
+    folders = [f for f in datasets(args.data) if not args.only or f.name in args.only]
+    variants = {"trained": args.overrides}
+    if args.untrained:
+        variants["untrained"] = args.overrides + ["model.learn=false"]
+    results: dict[str, dict[str, dict]] = {name: {} for name in variants}
     with tempfile.TemporaryDirectory() as tmp:
-        for folder in datasets(args.data):
-            results[folder.name] = {}
-            for name in args.variants:
-                for learned in (True, False):
-                    overrides = VARIANTS[name] + ([] if learned else ["model.learn=false"])
-                    row = run(folder, overrides, Path(tmp))
-                    results[folder.name][f"{name} | {'trained' if learned else 'untrained'}"] = row
-                    print(
-                        f"{folder.name:12s} {name:20s} {'trained' if learned else 'untrained':9s} {pair(row)}"
-                        f" train {row['train_seconds']:5.1f}s detect {row['detect_images_per_second']:5.1f} img/s"
-                        f" kept {row['best_steps']} share {row['sparse_share']:g}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-
-    print("### Pixel / image AUROC, trained (untrained)\n")
-    print("| dataset | " + " | ".join(args.variants) + " |")
-    print("|---|" + "---|" * len(args.variants))
-    for dataset, rows in results.items():
-        cells = [f"{pair(rows[f'{v} | trained'])} ({pair(rows[f'{v} | untrained'])})" for v in args.variants]
-        print(f"| {dataset} | " + " | ".join(cells) + " |")
-    piped = [d for d in results if d.startswith("PA_")]
-    if piped:
-        cells = []
-        for v in args.variants:
-            means = [
-                np.mean([results[d][f"{v} | {state}"][metric] for d in piped])
-                for state in ("trained", "untrained")
-                for metric in ("pixel_auroc", "image_auroc")
-            ]
-            cells.append(f"**{means[0]:.3f} / {means[1]:.3f}** ({means[2]:.3f} / {means[3]:.3f})")
-        print(f"| **PIPED mean ({len(piped)})** | " + " | ".join(cells) + " |")
-
-    def gain(trained: dict, untrained: dict) -> str:
-        return f"{trained['pixel_auroc'] - untrained['pixel_auroc']:+.3f}"
-
-    def share(trained: dict, untrained: dict) -> str:
-        return f"{trained.get('sparse_share', 1.0):g} ({untrained.get('sparse_share', 1.0):g})"
-
-    def timing(trained: dict, untrained: dict) -> str:
-        return f"{trained['train_seconds']:.1f} / {trained['detect_images_per_second']:.0f}"
-
-    dataset_table(results, args.variants, "Trained pixel AUROC minus untrained (negative: training hurt)", gain)
-    for dataset, rows in results.items():
-        kinds = list(next(iter(rows.values()))["kinds"])
-        if len(kinds) < 2:
-            continue
-        print(f"\n### {dataset}: pixel / image AUROC per defect kind, trained (untrained)\n")
-        print("| variant | " + " | ".join(kinds) + " |")
-        print("|---|" + "---|" * len(kinds))
-        for v in args.variants:
-            trained, untrained = rows[f"{v} | trained"], rows[f"{v} | untrained"]
-            cells = [f"{pair(trained['kinds'][k])} ({pair(untrained['kinds'][k])})" for k in kinds]
-            print(f"| {v} | " + " | ".join(cells) + " |")
-
-    dataset_table(results, args.variants, "Sparse share chosen on validation, trained (untrained)", share)
-    dataset_table(results, args.variants, "Time: training s / detect img/s (end to end), trained models", timing)
-
+        for folder in folders:
+            for name, overrides in variants.items():
+                row = run(folder, overrides, Path(tmp))
+                results[name][folder.name] = row
+                print(
+                    f"{folder.name:12s} {name:9s} " + " ".join(f"{t} {cell(row, k, f)}" for k, t, f in COLUMNS),
+                    file=sys.stderr,
+                    flush=True,
+                )
     cpu = platform.processor() or platform.machine()
     machine = f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    for name, rows in results.items():
+        print(f"\n### {name} ({' '.join(variants[name]) or 'default config'})\n")
+        table(rows)
+        kind_tables(rows)
     print(f"\nmachine: {machine}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"machine": machine, "results": results}, indent=2))
+    args.json.write_text(json.dumps({"machine": machine, "overrides": args.overrides, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ def save_checkpoint(path: str | Path, detector: Detector, extra: dict[str, Any] 
         "config": detector.config.to_dict(),
         "channels": detector.channels,
         "calibration": detector.calibration,
+        "working_scale": detector.working_scale,
         "scales": [
             {
                 "factor": scale.factor,
@@ -104,4 +105,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Det
         scales = _rebuild_scales(payload, config, device)
     except (KeyError, TypeError, RuntimeError, ConfigError) as exc:
         raise CheckpointError(f"{path}: damaged lista checkpoint ({str(exc).splitlines()[0][:100]})") from None
-    return Detector(scales, config, int(payload["channels"]), dict(payload.get("calibration") or {}))
+    working_scale = payload.get("working_scale")
+    return Detector(
+        scales,
+        config,
+        int(payload["channels"]),
+        dict(payload.get("calibration") or {}),
+        None if working_scale is None else float(working_scale),
+    )

@@ -33,7 +33,7 @@ def _opt(default: Any, **rules: Any) -> Any:
 
 @dataclass
 class DataConfig:
-    image_size: int | None = _opt(128, low=8)
+    image_size: int | str | None = _opt("auto", low=8, keywords=("auto",))
     channels: str = _opt("auto", choices=("auto", "gray", "rgb"))
     tile_size: int = _opt(1024, low=64)
     scales: list[int] = _opt([1, 2], low=1, high=16)
@@ -72,7 +72,7 @@ class TrainConfig:
     cutpaste_share: float = _opt(0.5, low=0.0, high=1.0)
     holdout: float = _opt(0.2, low=0.0, high=0.9, open_low=True)
     val_every: int = _opt(25, low=1)
-    validation_defects: str = _opt("both", choices=("both", "drawn", "cutpaste"))
+    validation_defects: str = _opt("all", choices=("all", "both", "drawn", "cutpaste"))
     seed: int = _opt(0, low=0)
     threads: int = _opt(0, low=0)
 
@@ -132,11 +132,17 @@ def _unknown(key: str) -> ConfigError:
 
 def _coerce(key: str, value: Any, kind: Any, rules: dict[str, Any]) -> Any:
     """Check `value` against the annotated type and rules; return it in canonical form."""
+    if value in rules.get("keywords", ()):
+        return value
     args = typing.get_args(kind)
     if typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in args:
         if value is None:
             return None
         kind = next(a for a in args if a is not type(None))
+        if rules.get("keywords"):  # int | str | None: a number or one of the keywords
+            if isinstance(value, str):
+                raise ConfigError(f"{key} must be an integer, {' or '.join(rules['keywords'])} or null, got {value!r}")
+            kind = int
     if typing.get_origin(kind) is list:
         length = rules.get("length")
         if not isinstance(value, list) or (length and len(value) != length) or not value:
@@ -212,7 +218,7 @@ def validate(values: dict[str, Any]) -> Config:
     scales = config.data.scales
     if scales[0] != 1 or any(b <= a for a, b in zip(scales, scales[1:], strict=False)):
         raise ConfigError(f"data.scales must start at 1 and increase, e.g. [1, 2], got {scales!r}")
-    if config.data.image_size is not None and config.data.image_size < config.patch.size:
+    if isinstance(config.data.image_size, int) and config.data.image_size < config.patch.size:
         raise ConfigError(f"data.image_size must be >= patch.size ({config.patch.size})")
     return config
 

@@ -1,9 +1,17 @@
-"""Drawn synthetic defects for validation: scratches and stains, a different kind from CutPaste.
+"""Synthetic defects for validation, of other families than the CutPaste the model trains on.
 
-Training learns from CutPaste; choosing the kept model on the same kind of defect would
-reward over-fitting to it. These defects are drawn, not pasted: a thin polyline a little
-darker or brighter than the texture (scratch), or a soft blob of shifted brightness (stain).
-Sizes scale with the image; seeded through the torch.Generator passed in.
+Training learns from CutPaste; choosing the kept step, the map mix and the working scale on
+the same kind of defect would reward over-fitting to it, and real defects come in many
+kinds. Families (each returns the augmented image and its mask):
+    scratch    thin polyline a little darker or brighter than the texture
+    stain      soft blob of shifted brightness
+    crack      thin dark random walk, 1-2.5 px wide in the image's own pixels (not scaled)
+    fibre      long smooth curve of low contrast, 1-3 px wide at 128 px
+    smudge     a disk blurred and flattened towards its mean (local loss of contrast)
+    unevenness a large smooth brightness change (tens of percent of the image side)
+    perlin     a Perlin-noise-shaped region blended with texture from elsewhere in the
+               image, flipped and shifted in brightness (as DRAEM makes its anomalies)
+Sizes scale with the image side unless said otherwise; seeded through the torch.Generator.
 """
 
 from __future__ import annotations
@@ -62,6 +70,158 @@ def stain(image: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torc
     return (image + shift * weight).clamp(0, 1), weight > 0.5
 
 
-def drawn_defect(image: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(C, H, W) image in [0, 1] -> (augmented, mask): a scratch or a stain, half and half."""
+def _grid(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.arange(height, dtype=torch.float32).view(-1, 1), torch.arange(width, dtype=torch.float32).view(1, -1)
+
+
+def _curve_distance(height: int, width: int, points: list[tuple[float, float]]) -> torch.Tensor:
+    """(H, W) distance of every pixel to the polyline through `points`."""
+    ys, xs = _grid(height, width)
+    distance = torch.full((height, width), float("inf"))
+    for a, b in zip(points, points[1:], strict=False):
+        distance = torch.minimum(distance, _segment_distance(ys, xs, a, b))
+    return distance
+
+
+def _walk(height: int, width: int, length: float, turn: float, rng: torch.Generator) -> list[tuple[float, float]]:
+    """Points of a random walk of about `length` px in 3 px steps, the heading changing by
+    up to `turn` radians a step; it stays inside the image."""
+    point = (_uniform(rng, 0.1, 0.9) * (height - 1), _uniform(rng, 0.1, 0.9) * (width - 1))
+    angle = _uniform(rng, 0, 2 * math.pi)
+    points = [point]
+    for _ in range(max(2, round(length / 3))):
+        angle += _uniform(rng, -turn, turn)
+        point = (
+            min(max(point[0] + 3 * math.sin(angle), 0), height - 1),
+            min(max(point[1] + 3 * math.cos(angle), 0), width - 1),
+        )
+        points.append(point)
+    return points
+
+
+def _signed(rng: torch.Generator, low: float, high: float) -> float:
+    return _uniform(rng, low, high) * (1 if torch.rand((), generator=rng) < 0.5 else -1)
+
+
+def crack(image: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A thin dark random walk, 1-2.5 px wide in the image's own pixels, 15-40 % of the side long."""
+    _, height, width = image.shape
+    side = min(height, width)
+    distance = _curve_distance(height, width, _walk(height, width, _uniform(rng, 0.15, 0.4) * side, 0.5, rng))
+    mask = distance <= _uniform(rng, 0.5, 1.25)
+    darkness = _uniform(rng, 0.15, 0.4)
+    return (image - darkness * mask).clamp(0, 1), mask
+
+
+def fibre(image: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A long smooth curve (30-80 % of the side) of low contrast with a soft profile."""
+    _, height, width = image.shape
+    side = min(height, width)
+    distance = _curve_distance(height, width, _walk(height, width, _uniform(rng, 0.3, 0.8) * side, 0.15, rng))
+    half_width = _uniform(rng, 0.5, 1.5) * max(side / 128, 1.0)
+    profile = torch.exp(-0.5 * (distance / half_width) ** 2)
+    shift = _signed(rng, 0.05, 0.15)
+    return (image + shift * profile).clamp(0, 1), profile > 0.5
+
+
+def _blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(C, H, W) separable Gaussian blur with replicated borders."""
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
+    kernel = (kernel / kernel.sum()).to(image.dtype)
+    padded = torch.nn.functional.pad(image[:, None], (radius,) * 4, mode="replicate")
+    out = torch.nn.functional.conv2d(padded, kernel.view(1, 1, 1, -1))
+    return torch.nn.functional.conv2d(out, kernel.view(1, 1, -1, 1))[:, 0]
+
+
+def smudge(image: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A soft-edged disk (radius 6-15 % of the side) blurred and pulled towards its mean."""
+    _, height, width = image.shape
+    side = min(height, width)
+    ys, xs = _grid(height, width)
+    cy, cx = _uniform(rng, 0.15, 0.85) * height, _uniform(rng, 0.15, 0.85) * width
+    radius = _uniform(rng, 0.06, 0.15) * side
+    weight = torch.sigmoid((radius - torch.hypot(ys - cy, xs - cx)) / max(radius * 0.15, 1.0))
+    inside = weight > 0.5
+    blurred = _blur(image, _uniform(rng, 1.0, 3.0) * max(side / 128, 1.0))
+    mean = image[:, inside].mean(dim=1).view(-1, 1, 1) if inside.any() else image.mean()
+    flat = mean + _uniform(rng, 0.2, 0.6) * (blurred - mean) + _signed(rng, 0.0, 0.05)
+    return (image * (1 - weight) + flat * weight).clamp(0, 1), inside
+
+
+def unevenness(image: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A smooth elliptic brightness change with a radius of 15-35 % of the side."""
+    _, height, width = image.shape
+    side = min(height, width)
+    ys, xs = _grid(height, width)
+    cy, cx = _uniform(rng, 0.1, 0.9) * height, _uniform(rng, 0.1, 0.9) * width
+    ry, rx = (_uniform(rng, 0.15, 0.35) * side for _ in range(2))
+    weight = torch.exp(-0.5 * (((ys - cy) / ry) ** 2 + ((xs - cx) / rx) ** 2))
+    return (image + _signed(rng, 0.06, 0.15) * weight).clamp(0, 1), weight > 0.5
+
+
+def perlin_noise(height: int, width: int, cells: tuple[int, int], rng: torch.Generator) -> torch.Tensor:
+    """(H, W) 2-D Perlin gradient noise with `cells` (rows, columns) lattice cells, about in [-1, 1]."""
+    rows, cols = cells
+    angles = 2 * math.pi * torch.rand(rows + 1, cols + 1, generator=rng)
+    gradients = torch.stack([torch.cos(angles), torch.sin(angles)], dim=-1)  # (rows+1, cols+1, 2)
+    ys = (torch.arange(height, dtype=torch.float32) + 0.5) * rows / height
+    xs = (torch.arange(width, dtype=torch.float32) + 0.5) * cols / width
+    y0, x0 = ys.floor().long().clamp(max=rows - 1), xs.floor().long().clamp(max=cols - 1)
+    fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
+
+    def corner(dy: int, dx: int) -> torch.Tensor:
+        g = gradients[(y0 + dy)[:, None], (x0 + dx)[None, :]]  # (H, W, 2)
+        return g[..., 0] * (fy - dy) + g[..., 1] * (fx - dx)
+
+    def fade(t: torch.Tensor) -> torch.Tensor:
+        return t * t * t * (t * (t * 6 - 15) + 10)
+
+    wy, wx = fade(fy), fade(fx)
+    top = corner(0, 0) * (1 - wx) + corner(0, 1) * wx
+    bottom = corner(1, 0) * (1 - wx) + corner(1, 1) * wx
+    return math.sqrt(2) * (top * (1 - wy) + bottom * wy)
+
+
+def perlin(image: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Perlin-noise-shaped region (DRAEM) filled with the image's own texture from elsewhere,
+    flipped and shifted in brightness, blended at 50-100 % opacity."""
+    _, height, width = image.shape
+    for _ in range(10):  # a threshold that keeps 1-25 % of the image
+        cells = (int(torch.randint(2, 7, (), generator=rng)), int(torch.randint(2, 7, (), generator=rng)))
+        noise = perlin_noise(height, width, cells, rng)
+        mask = noise > _uniform(rng, 0.3, 0.6)
+        if 0.01 <= mask.float().mean() <= 0.25:
+            break
+    else:
+        mask = noise >= noise.flatten().kthvalue(max(1, round(0.95 * noise.numel()))).values
+    source = torch.roll(
+        image, (int(torch.randint(height, (), generator=rng)), int(torch.randint(width, (), generator=rng))), (1, 2)
+    )
+    source = source.flip(-1) if torch.rand((), generator=rng) < 0.5 else source.flip(-2)
+    source = source * (1 + _uniform(rng, -0.2, 0.2)) + _signed(rng, 0.03, 0.12)
+    opacity = _uniform(rng, 0.5, 1.0)
+    blended = image * (1 - opacity) + source * opacity
+    return torch.where(mask, blended, image).clamp(0, 1), mask
+
+
+FAMILIES = {
+    "scratch": scratch,
+    "stain": stain,
+    "crack": crack,
+    "fibre": fibre,
+    "smudge": smudge,
+    "unevenness": unevenness,
+    "perlin": perlin,
+}
+
+
+def drawn_defect(
+    image: torch.Tensor, rng: torch.Generator, family: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C, H, W) image in [0, 1] -> (augmented, mask) of the named family, or a scratch or a
+    stain, half and half (the first release's validation defects)."""
+    if family is not None:
+        return FAMILIES[family](image, rng)
     return scratch(image, rng) if torch.rand((), generator=rng) < 0.5 else stain(image, rng)

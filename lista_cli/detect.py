@@ -162,7 +162,7 @@ def detect(
                 loaded.append((item, array, paths))
             results = detector.detect_batch([array for _, array, _ in loaded]) if loaded else []
             for (item, array, paths), result in zip(loaded, results, strict=True):
-                write_outputs(paths, array, result.anomaly_map, threshold)
+                write_outputs(paths, array, result.anomaly_map, threshold, detector.mask(result))
                 row = {
                     "image": str(item.path),
                     "score": round(result.score, 8),

@@ -30,11 +30,20 @@ def score_dataset(
 
 
 def metrics(
-    labels: np.ndarray, scores: np.ndarray, maps: list[np.ndarray], masks: list[np.ndarray], threshold: float
+    labels: np.ndarray,
+    scores: np.ndarray,
+    maps: list[np.ndarray],
+    masks: list[np.ndarray],
+    threshold: float,
+    pixel_threshold: float,
 ) -> dict[str, Any]:
-    """Image AUROC, pixel AUROC, AUPRO (FPR <= 0.3), F1-max (image, pixel) and F1 at `threshold`."""
+    """Image AUROC, pixel AUROC, AUPRO (FPR <= 0.3), F1-max (image, pixel) and F1 at the
+    calibrated thresholds (pixels: the masks detect writes, empty in normal-scored images)."""
     pixel_labels = np.concatenate([m.ravel() for m in masks])
     pixel_scores = np.concatenate([m.ravel() for m in maps])
+    predicted = np.concatenate(
+        [(m >= pixel_threshold).ravel() & (s >= threshold) for m, s in zip(maps, scores, strict=True)]
+    )
     image_f1, image_t = f1_max(labels, scores)
     pixel_f1, pixel_t = f1_max(pixel_labels, pixel_scores)
     return {
@@ -48,7 +57,7 @@ def metrics(
         "pixel_f1_max": pixel_f1,
         "pixel_f1_threshold": pixel_t,
         "image_f1_calibrated": f1_at(labels, scores, threshold),
-        "pixel_f1_calibrated": f1_at(pixel_labels, pixel_scores, threshold),
+        "pixel_f1_calibrated": f1_at(pixel_labels, predicted, True),
     }
 
 
@@ -56,12 +65,19 @@ def evaluate(detector: Detector, root: Path) -> dict[str, Any]:
     """Overall metrics and, per defect kind, the metrics on that kind plus the good images."""
     items, scores, maps, masks = score_dataset(detector, root)
     labels = np.array([item.is_anomalous for item in items])
-    threshold = detector.threshold
-    report = {"dataset": str(root), "threshold": threshold, **metrics(labels, scores, maps, masks, threshold)}
+    threshold, pixel_level = detector.threshold, detector.pixel_threshold
+    report = {
+        "dataset": str(root),
+        "threshold": threshold,
+        "pixel_threshold": pixel_level,
+        **metrics(labels, scores, maps, masks, threshold, pixel_level),
+    }
+    report["good_scores"] = scores[~labels].tolist()
+    report["good_flagged"] = float(np.mean(scores[~labels] >= threshold)) if (~labels).any() else float("nan")
     report["kinds"] = {}
     for kind in sorted({item.kind for item in items} - {"good"}):
         pick = [i for i, item in enumerate(items) if item.kind in (kind, "good")]
         report["kinds"][kind] = metrics(
-            labels[pick], scores[pick], [maps[i] for i in pick], [masks[i] for i in pick], threshold
+            labels[pick], scores[pick], [maps[i] for i in pick], [masks[i] for i in pick], threshold, pixel_level
         )
     return report

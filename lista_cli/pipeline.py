@@ -26,12 +26,21 @@ class Result(NamedTuple):
     anomaly_map: np.ndarray  # (H, W) float32
 
 
-def to_tensor(array: np.ndarray, channels: int, image_size: int | None) -> torch.Tensor:
+def working_shape(height: int, width: int, image_size: int | None, factor: float | None = None) -> tuple[int, int]:
+    """The shape an image of (height, width) has at the model's resolution: scaled by
+    `factor` (a size chosen at train time, the same for every image) when given, else
+    with its shorter side `image_size` (None keeps it)."""
+    if factor is not None:
+        return max(1, round(height * factor)), max(1, round(width * factor))
+    return resized_shape(height, width, image_size)
+
+
+def to_tensor(array: np.ndarray, channels: int, image_size: int | None, factor: float | None = None) -> torch.Tensor:
     """(H, W, C) float array -> (channels, h, w) tensor at the model's resolution."""
     planar = np.ascontiguousarray(np.moveaxis(to_channels(array, channels), -1, 0))  # (C, H, W)
     tensor = torch.from_numpy(planar)
     height, width = tensor.shape[-2:]
-    target = resized_shape(height, width, image_size)
+    target = working_shape(height, width, image_size, factor)
     if target != (height, width):  # antialiased resampling can overshoot [0, 1] slightly
         tensor = F.interpolate(tensor[None], size=target, mode="bilinear", antialias=True, align_corners=False)[0]
         tensor = tensor.clamp_(0, 1)
@@ -76,6 +85,8 @@ class Detector:
     config: Config
     channels: int
     calibration: dict[str, Any] = field(default_factory=dict)
+    # Model pixels per input pixel when data.image_size is auto (chosen in training).
+    working_scale: float | None = None
 
     @property
     def model(self) -> UnfoldedISTA:
@@ -88,11 +99,16 @@ class Detector:
 
     def prepare(self, array: np.ndarray) -> torch.Tensor:
         """(H, W, C) image in [0, 1] -> (channels, h, w) tensor as the model sees it."""
-        return to_tensor(array, self.channels, self.config.data.image_size)
+        return to_tensor(array, self.channels, self._size, self.working_scale)
+
+    @property
+    def _size(self) -> int | None:
+        size = self.config.data.image_size
+        return size if isinstance(size, int) else None
 
     def check_size(self, array: np.ndarray, path: object) -> None:
         """Raise ImageError if the image, at model resolution, is smaller than one patch."""
-        height, width = resized_shape(array.shape[0], array.shape[1], self.config.data.image_size)
+        height, width = working_shape(array.shape[0], array.shape[1], self._size, self.working_scale)
         if min(height, width) < self.config.patch.size:
             raise ImageError(
                 f"{path}: image is {array.shape[1]}x{array.shape[0]} px, smaller than one"
@@ -131,6 +147,11 @@ class Detector:
                 parts.append(upsample(coarse, scale.factor, size))
             maps.append(torch.cat(parts, dim=1))
         return torch.cat(maps)
+
+    def without_image(self, image: int) -> Detector:
+        """This detector with every code bank lacking the codes of training image `image`."""
+        scales = [Scale(s.factor, s.model, None if s.bank is None else s.bank.without(image)) for s in self.scales]
+        return Detector(scales, self.config, self.channels, self.calibration, self.working_scale)
 
     @property
     def map_weights(self) -> list[float]:
@@ -190,7 +211,21 @@ class Detector:
 
     @property
     def threshold(self) -> float:
+        """Image threshold: an image is anomalous when its score reaches it."""
         return float(self.calibration.get("threshold", float("inf")))
+
+    @property
+    def pixel_threshold(self) -> float:
+        """Mask threshold: in an anomalous image, the pixels whose map value reaches it
+        (at most the image threshold; models before it had one threshold for both)."""
+        return min(float(self.calibration.get("pixel_threshold", self.threshold)), self.threshold)
+
+    def mask(self, result: Result) -> np.ndarray:
+        """(H, W) bool defect mask of a result: empty unless the image is anomalous, so an
+        image is anomalous exactly when its mask is not empty."""
+        if not result.anomalous:
+            return np.zeros(result.anomaly_map.shape, dtype=bool)
+        return result.anomaly_map >= self.pixel_threshold
 
     @torch.inference_mode()
     def detect_batch(self, arrays: list[np.ndarray]) -> list[Result]:

@@ -1,4 +1,4 @@
-"""From the sparse part S to pixel anomaly maps, image scores and calibration."""
+"""From the sparse part S to pixel anomaly maps and image scores."""
 
 from __future__ import annotations
 
@@ -48,25 +48,3 @@ def image_scores(maps: torch.Tensor, mode: str = "max", top_k: float = 0.01) -> 
         return flat.max(dim=1).values
     count = max(1, round(top_k * flat.shape[1]))
     return flat.topk(count, dim=1).values.mean(dim=1)
-
-
-def calibrate(
-    normal_maps: list[torch.Tensor], mode: str, top_k: float, quantile: float, margin: float
-) -> dict[str, float | list[float]]:
-    """Score statistics of held-out normal images; the threshold is a quantile of their image
-    scores times a margin. One threshold serves image decision and pixel mask alike, so an
-    image is anomalous exactly when its mask is non-empty (with image_score = max)."""
-    scores = torch.cat([image_scores(m[None], mode, top_k) for m in normal_maps]).double()
-    pixels = torch.cat([m.flatten() for m in normal_maps]).double()
-    if pixels.numel() > 2_000_000:
-        pixels = pixels[torch.randperm(pixels.numel(), generator=torch.Generator().manual_seed(0))[:2_000_000]]
-    levels = [0.5, 0.9, 0.99, 0.999, 1.0]
-    threshold = float(torch.quantile(scores, quantile)) * margin
-    return {
-        "threshold": max(threshold, 1e-12),
-        "quantile": quantile,
-        "margin": margin,
-        "image_scores": scores.tolist(),
-        "pixel_quantile_levels": levels,
-        "pixel_quantiles": torch.quantile(pixels, torch.tensor(levels, dtype=torch.float64)).tolist(),
-    }

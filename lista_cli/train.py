@@ -1,4 +1,4 @@
-"""Training on normal images only: PCA init, CutPaste-supervised unfolding, calibration."""
+"""Training on normal images only: working size, PCA init, CutPaste-supervised unfolding, calibration."""
 
 from __future__ import annotations
 
@@ -13,23 +13,22 @@ import numpy as np
 import torch
 
 from . import patches
+from .calibration import calibrate, pixel_threshold
 from .checkpoint import save_checkpoint
 from .config import Config
 from .cutpaste import cutpaste
-from .defects import drawn_defect
 from .errors import ListaError
 from .imageio import ImageError, read_image
 from .inputs import collect_inputs
-from .metrics import roc_auc
+from .mixing import choose_weights, component_maps, validation_score
 from .model import PrincipalAxes, build_model
 from .pipeline import Detector, Scale, downsample, to_tensor
-from .scoring import calibrate
-from .typicality import MAX_CODE_RANK, CodeBank
+from .typicality import MAX_BANK_CANDIDATES, MAX_CODE_RANK, build_bank
+from .validation import ValidationSet, make_validation_set
+from .working_size import TIE, WorkingSize, candidates, typical_shape
 
 MAX_PCA_ROWS = 200_000
-MAX_BANK_CANDIDATES = 200_000  # patches whose codes the bank's coreset is chosen from
-BANK_BAND_PATCHES = 65536  # patches unfolded at once while building a bank
-SPARSE_SHARES = (0.5, 0.25, 0.75, 0.1, 0.9, 0.0, 1.0)  # candidate mixes; the first wins ties
+SIZE_BANK_CANDIDATES = 50_000  # patch codes the banks of the candidate sizes are chosen from
 
 
 class TrainError(ListaError):
@@ -45,8 +44,10 @@ class TrainSummary:
     scales: list[dict]  # a ScaleSummary per image scale, as a dict
     threshold: float
     seconds: float
+    image_size: str = ""  # the working size, e.g. "250 px (x1)"
+    size_scores: dict[str, float] = field(default_factory=dict)  # validation score of each candidate size
     sparse_share: float = 1.0  # weight of the sparse-part maps against the code maps
-    val_auroc: float = 0.0  # validation pixel AUROC of the combined map
+    val_auroc: float = 0.0  # validation score of the combined map: mean pixel AUROC over defect families
     skipped: list[str] = field(default_factory=list)
 
 
@@ -56,19 +57,18 @@ def training_folder(data_dir: Path) -> Path:
     return good if good.is_dir() else Path(data_dir)
 
 
-def load_training_images(
+def load_training_arrays(
     data_dir: Path, config: Config, warn: Callable[[str], None]
-) -> tuple[list[torch.Tensor], int, list[str]]:
-    """Read every image under the folder at model resolution; unreadable ones are skipped."""
+) -> tuple[list[np.ndarray], int, list[str]]:
+    """Read every image under the folder at its own size; unreadable ones are skipped."""
     folder = training_folder(data_dir)
     if not folder.is_dir():
         raise TrainError(f"{data_dir}: no such folder")
     found = collect_inputs([str(folder)])
     if found.problems:
         raise TrainError(found.problems[0][1])
-    inputs = found.images
     arrays, skipped = [], []
-    for item in inputs:
+    for item in found.images:
         try:
             arrays.append(read_image(item.path))
         except ImageError as exc:
@@ -82,13 +82,16 @@ def load_training_images(
         channels = 3 if colour else 1
     else:
         channels = 3 if mode == "rgb" else 1
-    tensors = [to_tensor(a, channels, config.data.image_size) for a in arrays]
+    return arrays, channels, skipped
+
+
+def at_size(arrays: list[np.ndarray], channels: int, size: WorkingSize, patch: int, folder: Path) -> list[torch.Tensor]:
+    """The images as (C, h, w) tensors at a working size; an image smaller than a patch is an error."""
+    tensors = [to_tensor(a, channels, size.image_size, size.factor) for a in arrays]
     smallest = min(min(t.shape[-2:]) for t in tensors)
-    if smallest < config.patch.size:
-        raise TrainError(
-            f"{folder}: an image is {smallest} px on a side, smaller than the patch size {config.patch.size}"
-        )
-    return tensors, channels, skipped
+    if smallest < patch:
+        raise TrainError(f"{folder}: an image is {smallest} px on a side, smaller than the patch size {patch}")
+    return tensors
 
 
 def _random_crops(images: list[torch.Tensor], count: int, size: int, rng: torch.Generator) -> torch.Tensor:
@@ -127,107 +130,6 @@ def _sparse_at(model, rows: torch.Tensor, pick: torch.Tensor, scale: torch.Tenso
     return _gather(model(rows, scale=scale), pick)
 
 
-def validation_set(
-    images: list[torch.Tensor], config: Config, seed: int, copies: int = 2
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Held-out normal images, each clean and with `copies` seeded synthetic defects:
-    drawn scratches and stains (a different kind from the CutPaste the model trains on, so
-    keeping the best step does not only reward fitting CutPaste), CutPaste, or both."""
-    rng = torch.Generator().manual_seed(seed + 7919)
-    shapes = {tuple(t.shape) for t in images}
-    if len(shapes) > 1:  # differing sizes: validate on common-size centre crops
-        side = min(min(t.shape[-2:]) for t in images)
-        images = [t[:, :side, :side] for t in images]
-    val_images, val_masks = [], []
-    for image in images:
-        val_images.append(image)
-        val_masks.append(torch.zeros(image.shape[-2:], dtype=torch.bool))
-        for copy_index in range(copies):
-            kind = config.train.validation_defects
-            if kind == "both":
-                kind = "drawn" if copy_index % 2 == 0 else "cutpaste"
-            if kind == "drawn":
-                augmented, mask = drawn_defect(image, rng)
-            else:
-                augmented, mask = cutpaste(image, rng, config.cutpaste)
-            val_images.append(augmented)
-            val_masks.append(mask)
-    return torch.stack(val_images), torch.stack(val_masks)
-
-
-@torch.inference_mode()
-def _components_in_batches(detector: Detector, images: list[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
-    """Unsmoothed component maps (M, h, w) of each image, one image at a time."""
-    return [detector.component_maps(image[None])[0] for image in images]
-
-
-def map_weights(normal_components: list[torch.Tensor], quantile: float = 0.99) -> list[float]:
-    """1 / (the `quantile` of each component over held-out normal pixels): the components
-    then share one unit, "how far above normal", and are summed."""
-    pixels = torch.cat([c.flatten(1) for c in normal_components], dim=1)  # (M, pixels)
-    if pixels.shape[1] > 1_000_000:
-        pixels = pixels[:, :: -(-pixels.shape[1] // 1_000_000)]
-    levels = torch.quantile(pixels.double(), quantile, dim=1)
-    return [1.0 / max(float(level), 1e-6) for level in levels]
-
-
-def share_weights(detector: Detector, levels: list[float], share: float) -> list[float]:
-    """Map weights: each component's level, times `share` for sparse-part maps and
-    1 - share for code maps (the components come per scale as [sparse, code])."""
-    kinds = [kind for scale in detector.scales for kind in ("sparse", "code")[: scale.components]]
-    return [level * (share if kind == "sparse" else 1.0 - share) for level, kind in zip(levels, kinds, strict=True)]
-
-
-def choose_weights(
-    detector: Detector, components: list[torch.Tensor], masks: torch.Tensor
-) -> tuple[list[float], float, float]:
-    """(weights, sparse share, validation pixel AUROC) of the best mix of the validation
-    components. Which map carries a texture's defects differs: S on paper, the code
-    distance on periodic brick, so the share is chosen here unless score.sparse_share is set."""
-    clean = [c for c, m in zip(components, masks, strict=True) if not m.any()]
-    levels = map_weights(clean)
-    fixed = detector.config.score.sparse_share
-    if fixed is not None:
-        shares = [fixed]
-    elif any(scale.bank is not None for scale in detector.scales):
-        shares = SPARSE_SHARES
-    else:
-        shares = [1.0]
-    best: tuple[list[float], float, float] | None = None
-    for share in shares:
-        weights = share_weights(detector, levels, share)
-        maps = torch.cat([detector.combine(c[None], weights) for c in components])
-        auroc = roc_auc(masks.numpy(), maps.cpu().numpy())
-        if best is None or auroc > best[2]:
-            best = (weights, share, auroc)
-    return best  # type: ignore[return-value]
-
-
-def validation_auroc(detector: Detector, images: torch.Tensor, masks: torch.Tensor) -> float:
-    """Pixel AUROC on the validation set, with its best mix of the component maps."""
-    return choose_weights(detector, _components_in_batches(detector, images), masks)[2]
-
-
-@torch.inference_mode()
-def build_bank(mean: torch.Tensor, basis: torch.Tensor, images: list[torch.Tensor], config: Config) -> CodeBank:
-    """A coreset of at most bank_size codes of normal training patches x - mu, taken at every
-    pixel offset; past MAX_BANK_CANDIDATES patches, a seeded random share of each image's."""
-    p = config.patch.size
-    total = sum((t.shape[-2] - p + 1) * (t.shape[-1] - p + 1) for t in images)
-    share = min(1.0, MAX_BANK_CANDIDATES / total)
-    rng = torch.Generator().manual_seed(config.train.seed + 104729)
-    codes = []
-    for image in images:
-        height, width = image.shape[-2:]
-        band = max(1, BANK_BAND_PATCHES // (width - p + 1))  # patch rows per band: bounded memory
-        for top in range(0, height - p + 1, band):
-            rows = patches.unfold(image[None, :, top : top + band + p - 1], p, 1)[0]
-            if share < 1.0:
-                rows = rows[torch.randperm(len(rows), generator=rng)[: max(1, round(share * len(rows)))]]
-            codes.append((rows - mean) @ basis)
-    return CodeBank.from_codes(basis, torch.cat(codes), config.score.bank_size)
-
-
 @dataclass
 class ScaleSummary:
     factor: int
@@ -237,41 +139,50 @@ class ScaleSummary:
     val_auroc_best: float
 
 
-def train_scale(
-    fitting: list[torch.Tensor],
-    held_out: list[torch.Tensor],
-    config: Config,
-    factor: int,
-    channels: int,
-    on_step: Callable[[int, float, float | None], None] | None = None,
-) -> tuple[Scale, ScaleSummary]:
-    """PCA, code bank and CutPaste-supervised unfolding of one image scale.
-
-    The model trains on the images downsampled by `factor`; validation scores the full-size
-    validation images through this scale alone, and keeps the step with the best pixel AUROC
-    (the untrained model, step 0, included), so training never makes the scale worse on it."""
+def init_scale(images: list[torch.Tensor], config: Config, factor: int, candidates: int = MAX_BANK_CANDIDATES) -> Scale:
+    """The untrained model (PCA of normal patches: mean, subspace U, layers = ISTA) and the
+    code bank of one image scale (its coreset chosen among `candidates` patch codes), from
+    the training images downsampled by `factor`."""
     cfg = config
     rng = torch.Generator().manual_seed(cfg.train.seed + factor - 1)
-    small = [downsample(t[None], factor)[0] for t in fitting]
-    small = [t for t in small if min(t.shape[-2:]) >= cfg.patch.size]  # train() checked one is left
+    small = [downsample(t[None], factor)[0] for t in images]
     p, stride = cfg.patch.size, cfg.patch.stride
-    rows = torch.cat([patches.unfold(t[None], p, stride)[0] for t in small])  # (n, d)
+    rows = torch.cat([patches.unfold(t[None], p, stride)[0] for t in small if min(t.shape[-2:]) >= p])  # (n, d)
     if len(rows) > MAX_PCA_ROWS:
         rows = rows[torch.randperm(len(rows), generator=rng)[:MAX_PCA_ROWS]]
     axes = PrincipalAxes(rows)
     basis = axes.basis(cfg.model.energy, cfg.model.max_rank)
-    m = cfg.model
-    model = build_model(axes.mean.float(), basis, m, learn=m.learn)
-    code_basis = axes.basis(cfg.score.code_energy, MAX_CODE_RANK) if cfg.score.bank_size else None
+    model = build_model(axes.mean.float(), basis, cfg.model, learn=cfg.model.learn)
     scale = Scale(factor, model)
-    if code_basis is not None:  # the codes do not depend on the layers: built once
-        scale.bank = build_bank(model.mean, code_basis, small, cfg)
-    detector = Detector([scale], cfg, channels)  # this scale alone, for validation
-    val_images, val_masks = validation_set(held_out, cfg, cfg.train.seed)
-    val_start = validation_auroc(detector, val_images, val_masks)
-    best_auroc, best_step, best_state = val_start, 0, copy.deepcopy(model.state_dict())
+    if cfg.score.bank_size:  # the codes do not depend on the layers: built once
+        code_basis = axes.basis(cfg.score.code_energy, MAX_CODE_RANK)
+        scale.bank = build_bank(model.mean, code_basis, small, cfg.score.bank_size, p, cfg.train.seed, candidates)
+    return scale
 
-    steps = cfg.train.steps if m.learn else 0
+
+def train_layers(
+    scale: Scale,
+    images: list[torch.Tensor],
+    validation: ValidationSet,
+    shape: tuple[int, int],
+    config: Config,
+    channels: int,
+    on_step: Callable[[int, float, float | None], None] | None = None,
+) -> ScaleSummary:
+    """CutPaste-supervised training of one scale's unfolded layers on the training images
+    downsampled by its factor. Validation scores the validation images (resized to the
+    working `shape`) through this scale alone and keeps the step with the best score, the
+    untrained model (step 0) included, so training never makes the scale worse on it."""
+    cfg, model, factor = config, scale.model, scale.factor
+    rng = torch.Generator().manual_seed(cfg.train.seed + factor - 1)
+    small = [downsample(t[None], factor)[0] for t in images]
+    small = [t for t in small if min(t.shape[-2:]) >= cfg.patch.size]  # train() checked one is left
+    p, stride = cfg.patch.size, cfg.patch.stride
+    detector = Detector([scale], cfg, channels)  # this scale alone, for validation
+    val_start = validation_score(detector, validation, shape)
+    best_score, best_step, best_state = val_start, 0, copy.deepcopy(model.state_dict())
+
+    steps = cfg.train.steps if cfg.model.learn else 0
     if steps > 0:
         optimiser = torch.optim.Adam(
             [q for q in model.parameters() if q.requires_grad], lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
@@ -279,10 +190,9 @@ def train_scale(
         augmented_count = round(cfg.train.cutpaste_share * cfg.train.batch)
         for step in range(1, steps + 1):
             clean = _random_crops(small, cfg.train.batch, cfg.train.crop, rng)
-            augmented, masks = clean[:augmented_count].clone(), []
+            augmented = clean[:augmented_count].clone()
             for i in range(augmented_count):
-                augmented[i], mask = cutpaste(clean[i], rng, cfg.cutpaste)
-                masks.append(mask)
+                augmented[i], _ = cutpaste(clean[i], rng, cfg.cutpaste)
             clean_rows = patches.unfold(clean, p, stride)  # (B, N, d)
             with torch.no_grad():
                 clean_scale = model.noise_scale(clean_rows - model.mean)
@@ -304,15 +214,93 @@ def train_scale(
             val = None
             if step % cfg.train.val_every == 0 or step == steps:
                 model.eval()
-                val = validation_auroc(detector, val_images, val_masks)
+                val = validation_score(detector, validation, shape)
                 model.train()
-                if val > best_auroc:
-                    best_auroc, best_step, best_state = val, step, copy.deepcopy(model.state_dict())
+                if val > best_score:
+                    best_score, best_step, best_state = val, step, copy.deepcopy(model.state_dict())
             if on_step:
                 on_step(step, loss.item(), val)
         model.load_state_dict(best_state)
     model.eval().requires_grad_(False)
-    return scale, ScaleSummary(factor, basis.shape[1], best_step, val_start, best_auroc)
+    return ScaleSummary(factor, model.basis.shape[1], best_step, val_start, best_score)
+
+
+def usable_factors(images: list[torch.Tensor], config: Config, warn: Callable[[str], None]) -> list[int]:
+    """The configured image scales at which the largest training image still holds a patch."""
+    factors = []
+    largest = max(min(t.shape[-2:]) for t in images)
+    for factor in config.data.scales:
+        side = -(-largest // factor)  # ceil: downsample() keeps partial blocks
+        if side < config.patch.size:
+            warn(
+                f"scale 1/{factor} skipped: the training images are at most {side} px"
+                f" on a side there, smaller than the patch size {config.patch.size}"
+            )
+            continue
+        factors.append(factor)
+    return factors
+
+
+def shape_at(validation: ValidationSet, size: WorkingSize, reference: WorkingSize) -> tuple[int, int]:
+    """The validation images' (h, w) at working size `size` (they are at `reference`)."""
+    height, width = validation.images.shape[-2:]
+    if size.factor is None or reference.factor is None:
+        return height, width
+    ratio = size.factor / reference.factor
+    return max(1, round(height * ratio)), max(1, round(width * ratio))
+
+
+@dataclass
+class SizeChoice:
+    size: WorkingSize
+    images: list[torch.Tensor]  # the fitting images at that size
+    scales: list[Scale]  # untrained, built while comparing
+    scores: dict[str, float]  # validation score of each candidate, by label
+
+
+def choose_size(
+    arrays: list[np.ndarray],
+    channels: int,
+    sizes: list[WorkingSize],
+    validation: ValidationSet,
+    config: Config,
+    folder: Path,
+    warn: Callable[[str], None],
+) -> SizeChoice:
+    """The candidate working size whose untrained models score best on the validation set
+    (a larger one must win by more than TIE). The comparison uses code banks chosen among
+    fewer candidate codes (SIZE_BANK_CANDIDATES); the chosen size's banks are then rebuilt."""
+    shorter, _ = typical_shape([a.shape[:2] for a in arrays])
+    best: tuple[WorkingSize, list[torch.Tensor]] | None = None
+    best_score = -1.0
+    scores = {}
+    for size in sizes:
+        images = at_size(arrays, channels, size, config.patch.size, folder)
+        if len(sizes) > 1:
+            factors = usable_factors(images, config, lambda message: None)
+            scales = [init_scale(images, config, factor, SIZE_BANK_CANDIDATES) for factor in factors]
+            shape = shape_at(validation, size, sizes[-1])
+            scores[size.label(shorter)] = score = validation_score(
+                Detector(scales, config, channels), validation, shape
+            )
+        else:
+            score = float("nan")
+        if best is None or score > best_score + TIE:
+            best, best_score = (size, images), score
+    size, images = best  # type: ignore[misc]
+    scales = [init_scale(images, config, factor) for factor in usable_factors(images, config, warn)]
+    return SizeChoice(size, images, scales, scores)
+
+
+@torch.inference_mode()
+def normal_scores(detector: Detector, fitting: list[torch.Tensor], held_out: list[torch.Tensor]) -> torch.Tensor:
+    """Image scores of every normal image as a new image would get them: held-out images as
+    they are, each training image against code banks without its own codes (leave one
+    out). Calibrating on all of them, not only the held-out share, steadies the threshold."""
+    scores = [detector.image_scores(detector.anomaly_maps(image[None])) for image in held_out]
+    for number, image in enumerate(fitting):
+        scores.append(detector.image_scores(detector.without_image(number).anomaly_maps(image[None])))
+    return torch.cat(scores).double()
 
 
 def train(
@@ -323,60 +311,60 @@ def train(
     warn: Callable[[str], None] = lambda message: None,
     on_total: Callable[[int], None] | None = None,
 ) -> TrainSummary:
-    """Train a model per image scale on the normal images under `data_dir`, calibrate their
-    combined map on the held-out images and write the checkpoint `out`. `on_step` counts
-    steps over all scales; `on_total` is told their number once the scales are known."""
+    """Choose the working size, train a model per image scale on the normal images under
+    `data_dir`, mix and calibrate their maps and write the checkpoint `out`. `on_step`
+    counts steps over all scales; `on_total` is told their number once the scales are known."""
     started = time.perf_counter()
     cfg = config
-    images, channels, skipped = load_training_images(data_dir, cfg, warn)
+    folder = training_folder(data_dir)
+    arrays, channels, skipped = load_training_arrays(data_dir, cfg, warn)
     rng = torch.Generator().manual_seed(cfg.train.seed)
-    order = torch.randperm(len(images), generator=rng).tolist()
-    held_count = min(len(images) - 1, max(1, round(cfg.train.holdout * len(images))))
-    held_out = [images[i] for i in order[:held_count]]
-    fitting = [images[i] for i in order[held_count:]]
+    order = torch.randperm(len(arrays), generator=rng).tolist()
+    held_count = min(len(arrays) - 1, max(1, round(cfg.train.holdout * len(arrays))))
+    held_arrays = [arrays[i] for i in order[:held_count]]
+    fitting_arrays = [arrays[i] for i in order[held_count:]]
 
-    factors = []
-    largest = max(min(t.shape[-2:]) for t in fitting)
-    for factor in cfg.data.scales:
-        side = -(-largest // factor)  # ceil: downsample() keeps partial blocks
-        if side < cfg.patch.size:
-            warn(
-                f"scale 1/{factor} skipped: the training images are at most {side} px"
-                f" on a side there, smaller than the patch size {cfg.patch.size}"
-            )
-            continue
-        factors.append(factor)
+    sizes = candidates([a.shape[:2] for a in arrays], cfg.data.image_size, cfg.patch.size)
+    reference = sizes[-1]  # validation defects are drawn at the largest candidate size
+    held_reference = at_size(held_arrays, channels, reference, cfg.patch.size, folder)
+    validation = make_validation_set(held_reference, cfg, cfg.train.seed)
+    choice = choose_size(fitting_arrays, channels, sizes, validation, cfg, folder, warn)
+    fitting, size = choice.images, choice.size
+    held_out = at_size(held_arrays, channels, size, cfg.patch.size, folder)
+    shape = shape_at(validation, size, reference)
+
     cfg = copy.deepcopy(cfg)
-    cfg.data.scales = factors  # the checkpoint's config names the scales it holds
-    scales, summaries = [], []
+    cfg.data.scales = [scale.factor for scale in choice.scales]  # the checkpoint's config names the scales it holds
     steps = cfg.train.steps if cfg.model.learn else 0
     if on_total:
-        on_total(steps * len(factors))
-    for number, factor in enumerate(factors):
+        on_total(steps * len(choice.scales))
+    summaries = []
+    for number, scale in enumerate(choice.scales):
         offset = number * steps
         counted = None if on_step is None else (lambda k, loss, val, o=offset: on_step(o + k, loss, val))
-        scale, scale_summary = train_scale(fitting, held_out, cfg, factor, channels, counted)
-        scales.append(scale)
-        summaries.append(scale_summary)
-    detector = Detector(scales, cfg, channels)
+        summaries.append(train_layers(scale, fitting, validation, shape, cfg, channels, counted))
+    detector = Detector(choice.scales, cfg, channels, working_scale=size.factor)
 
-    val_images, val_masks = validation_set(held_out, cfg, cfg.train.seed)
-    weights, share, val_auroc = choose_weights(detector, _components_in_batches(detector, val_images), val_masks)
-    normal_components = _components_in_batches(detector, held_out)
-    normal_maps = [detector.combine(c[None], weights)[0] for c in normal_components]
+    components = component_maps(detector, validation.resized(shape))
+    weights, share, val_score = choose_weights(detector, validation, components)
+    detector.calibration = {"map_weights": weights}
+    scores = normal_scores(detector, fitting, held_out)
     s = cfg.score
-    detector.calibration = calibrate(normal_maps, s.image_score, s.top_k, s.threshold_quantile, s.threshold_margin)
-    detector.calibration["map_weights"] = weights
+    detector.calibration.update(calibrate(scores, s.threshold_quantile, s.threshold_margin))
+    pixel_level = pixel_threshold(detector.combine(torch.stack(components), weights), validation)
+    detector.calibration["pixel_threshold"] = min(pixel_level, detector.calibration["threshold"])
     summary = TrainSummary(
-        images=len(images),
+        images=len(arrays),
         held_out=held_count,
         channels=channels,
         steps=steps,
         scales=[dataclasses.asdict(x) for x in summaries],
         threshold=detector.calibration["threshold"],
         seconds=time.perf_counter() - started,
+        image_size=size.label(typical_shape([a.shape[:2] for a in arrays])[0]),
+        size_scores=choice.scores,
         sparse_share=share,
-        val_auroc=val_auroc,
+        val_auroc=val_score,
         skipped=skipped,
     )
     save_checkpoint(out, detector, extra={"summary": summary.__dict__})

@@ -18,7 +18,11 @@ from __future__ import annotations
 
 import torch
 
+from . import patches
+
 MAX_CODE_RANK = 32
+MAX_BANK_CANDIDATES = 200_000  # patches whose codes the bank's coreset is chosen from
+BANK_BAND_PATCHES = 65536  # patches unfolded at once while building a bank
 DISTANCE_BLOCK = 512  # patches per block: the (block, bank) matrix stays in cache (2.6x faster than 4096)
 
 
@@ -32,19 +36,36 @@ class CodeBank(torch.nn.Module):
         self.register_buffer("codes", codes.clone().float())
         self.register_buffer("radii", torch.ones(len(codes)) if radii is None else radii.clone().float())
 
+    # Training only, not saved: the index of the image each code came from (leave-one-out).
+    origins: torch.Tensor | None = None
+
     @classmethod
-    def from_codes(cls, basis: torch.Tensor, codes: torch.Tensor, size: int) -> CodeBank:
+    def from_codes(
+        cls, basis: torch.Tensor, codes: torch.Tensor, size: int, origins: torch.Tensor | None = None
+    ) -> CodeBank:
         """A bank of at most `size` codes that cover the (n, R) normal codes (k-centre
         coreset). Each centre's radius is the RMS distance of the codes nearest to it,
-        floored at half the median radius (a centre that covers only itself has radius 0)."""
-        centres = codes[coreset(codes, size)].float()
+        floored at half the median radius (a centre that covers only itself has radius 0).
+        `origins` (n,): the image of each code, kept for `without`."""
+        chosen = coreset(codes, size)
+        centres = codes[chosen].float()
         owner, distance = _nearest(codes.float(), centres, torch.ones(len(centres)))
         sums = torch.zeros(len(centres), dtype=torch.float64).index_add_(0, owner, distance.double().square())
         counts = torch.bincount(owner, minlength=len(centres))
         radii = (sums / counts.clamp(min=1)).sqrt()
         positive = radii[radii > 0]
         floor = 0.5 * float(positive.median()) if len(positive) else 1.0
-        return cls(basis, centres, radii.clamp(min=floor).float())
+        bank = cls(basis, centres, radii.clamp(min=floor).float())
+        bank.origins = None if origins is None else origins[chosen]
+        return bank
+
+    def without(self, image: int) -> CodeBank:
+        """The bank without the codes taken from training image `image` (needs `origins`):
+        a training image is scored against the others as a new image would be."""
+        keep = self.origins != image
+        if not keep.any():
+            return self
+        return CodeBank(self.basis, self.codes[keep], self.radii[keep])
 
     def distances(self, centred: torch.Tensor) -> torch.Tensor:
         """(B, N, d) centred patches x - mu -> (B, N) distance of each code to the nearest
@@ -54,6 +75,38 @@ class CodeBank(torch.nn.Module):
         codes = centred @ self.basis  # (B, N, R)
         _, scaled = _nearest(codes.reshape(-1, codes.shape[-1]), self.codes, self.radii)
         return scaled.view(codes.shape[:2])
+
+
+@torch.inference_mode()
+def build_bank(
+    mean: torch.Tensor,
+    basis: torch.Tensor,
+    images: list[torch.Tensor],
+    size: int,
+    patch: int,
+    seed: int,
+    candidates: int = MAX_BANK_CANDIDATES,
+) -> CodeBank:
+    """A coreset of at most `size` codes of the normal patches x - mu of `images`, taken at
+    every pixel offset; past `candidates` patches, a seeded random share of each image's.
+    The bank remembers which image each code came from."""
+    p = patch
+    total = sum(max(0, t.shape[-2] - p + 1) * max(0, t.shape[-1] - p + 1) for t in images)
+    share = min(1.0, candidates / max(total, 1))
+    rng = torch.Generator().manual_seed(seed + 104729)
+    codes, origins = [], []
+    for number, image in enumerate(images):
+        height, width = image.shape[-2:]
+        if min(height, width) < p:
+            continue
+        band = max(1, BANK_BAND_PATCHES // (width - p + 1))  # patch rows per band: bounded memory
+        for top in range(0, height - p + 1, band):
+            rows = patches.unfold(image[None, :, top : top + band + p - 1], p, 1)[0]
+            if share < 1.0:
+                rows = rows[torch.randperm(len(rows), generator=rng)[: max(1, round(share * len(rows)))]]
+            codes.append((rows - mean) @ basis)
+            origins.append(torch.full((len(rows),), number, dtype=torch.long))
+    return CodeBank.from_codes(basis, torch.cat(codes), size, torch.cat(origins))
 
 
 def _nearest(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

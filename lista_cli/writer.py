@@ -58,8 +58,10 @@ def output_paths(out_dir: Path, relative_stem: str) -> dict[str, Path]:
     }
 
 
-def write_outputs(paths: dict[str, Path], image: np.ndarray, anomaly_map: np.ndarray, threshold: float) -> None:
+def write_outputs(
+    paths: dict[str, Path], image: np.ndarray, anomaly_map: np.ndarray, threshold: float, mask: np.ndarray
+) -> None:
     """Write the three files, each atomically; the raw map last, as the mark of completion."""
     save_png(paths["heatmap"], heatmap_overlay(image, anomaly_map, threshold))
-    save_png(paths["mask"], np.where(anomaly_map >= threshold, 255, 0).astype(np.uint8))
+    save_png(paths["mask"], np.where(mask, 255, 0).astype(np.uint8))
     save_npy(paths["map"], anomaly_map.astype(np.float32))
