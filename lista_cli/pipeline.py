@@ -166,8 +166,10 @@ class Detector:
         return scoring.gaussian_smooth(raw, self.config.score.smooth_sigma)
 
     def anomaly_maps(self, images: torch.Tensor, noise: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """(B, C, h, w) images -> (B, h, w) smoothed anomaly maps (`noise`: see component_maps)."""
-        return self.combine(self.component_maps(images, noise))
+        """(B, C, h, w) images -> (B, h, w) smoothed anomaly maps (`noise`: see component_maps).
+        Smoothed one image at a time, so a map never depends on the batch it came in."""
+        components = self.component_maps(images, noise)
+        return torch.cat([self.combine(components[i : i + 1]) for i in range(len(components))])
 
     def tiled_map(self, image: torch.Tensor) -> torch.Tensor:
         """(C, h, w) -> (h, w) map, scored in overlapping tiles of `data.tile_size` px so memory

@@ -86,8 +86,11 @@ class ValidationSet:
 
     def score(self, maps: torch.Tensor) -> tuple[float, dict[str, float]]:
         """(n, h, w) anomaly maps at any resolution -> (mean over families of the pixel
-        AUROC, AUROC per family), the maps resized to the reference resolution first."""
+        AUROC, AUROC per family), the maps resized to the reference resolution first.
+        Maps with NaN or infinite values (diverged layers) score 0."""
         negatives, positives = self.sample(maps)
+        if not (negatives.isfinite().all() and all(v.isfinite().all() for v in positives.values())):
+            return 0.0, dict.fromkeys(positives, 0.0)
         normal = negatives.sort().values
         per_family = {}
         for name, values in positives.items():
@@ -121,7 +124,12 @@ def make_validation_set(images: list[torch.Tensor], config: Config, seed: int, c
             val_images.append(augmented)
             val_masks.append(mask)
             family.append(name)
-    masks = torch.stack(val_masks)
+    return sampled(torch.stack(val_images), torch.stack(val_masks), family, seed)
+
+
+def sampled(images: torch.Tensor, masks: torch.Tensor, family: list[str | None], seed: int) -> ValidationSet:
+    """A validation set of (n, C, H, W) images and (n, H, W) masks with its seeded pixel sample:
+    NEGATIVE_SAMPLE normal pixels and up to POSITIVE_SAMPLE defect pixels per family."""
     flat = masks.reshape(-1)
     sample = torch.Generator().manual_seed(seed + 15485863)
     normal_index = (~flat).nonzero()[:, 0]
@@ -132,4 +140,4 @@ def make_validation_set(images: list[torch.Tensor], config: Config, seed: int, c
         chosen[[i for i, f in enumerate(family) if f == name]] = True
         index = (masks & chosen[:, None, None]).reshape(-1).nonzero()[:, 0]
         positives[name] = index[torch.randperm(len(index), generator=sample)[:POSITIVE_SAMPLE]]
-    return ValidationSet(torch.stack(val_images), masks, family, negatives, positives)
+    return ValidationSet(images, masks, family, negatives, positives)

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from lista_cli.config import Config
+from lista_cli.mixing import SPARSE_SHARES, choose_weights, share_weights
 from lista_cli.pipeline import Detector, Scale
-from lista_cli.train import SPARSE_SHARES, choose_weights, share_weights
+from lista_cli.validation import sampled
 
 
 def _detector(share=None, scales=2):
@@ -29,21 +30,22 @@ def _validation(informative: str, count: int = 6, size: int = 24):
         for i in which:
             noise[i] = signal
         components.append(noise)
-    return components, masks
+    family = [None] * (count // 2) + ["square"] * (count - count // 2)
+    return components, sampled(torch.zeros(count, 1, size, size), masks, family, seed=0)
 
 
 @pytest.mark.parametrize("informative, expected", [("sparse", 1.0), ("code", 0.0)])
 def test_the_informative_map_gets_the_whole_weight(informative, expected):
-    components, masks = _validation(informative)
-    weights, share, auroc = choose_weights(_detector(), components, masks)
+    components, validation = _validation(informative)
+    weights, share, auroc = choose_weights(_detector(), validation, components)
     assert share == expected and 0.7 < auroc < 1.0
     zero = (1, 3) if informative == "sparse" else (0, 2)
     assert all(weights[i] == 0 for i in zero) and all(w > 0 for i, w in enumerate(weights) if i not in zero)
 
 
 def test_a_fixed_share_is_used_as_given():
-    components, masks = _validation("code")
-    _, share, _ = choose_weights(_detector(share=0.75), components, masks)
+    components, validation = _validation("code")
+    _, share, _ = choose_weights(_detector(share=0.75), validation, components)
     assert share == 0.75
 
 

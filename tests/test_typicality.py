@@ -83,15 +83,27 @@ def test_coreset_keeps_a_rare_cluster_that_random_sampling_misses():
 
 @pytest.mark.parametrize("band", [1, 7, 65536])
 def test_bank_holds_the_code_of_every_offset_whatever_the_band(monkeypatch, band):
-    from lista_cli import patches, train
-    from lista_cli.config import Config
+    from lista_cli import patches
 
-    monkeypatch.setattr(train, "BANK_BAND_PATCHES", band)
-    config = Config()
-    config.score.bank_size = 10**6  # keep every code
+    monkeypatch.setattr(typicality, "BANK_BAND_PATCHES", band)
     image = torch.rand(3, 50, 37, generator=torch.Generator().manual_seed(9))
     mean, basis = torch.rand(192), torch.linalg.qr(torch.randn(192, 5))[0]
-    bank = train.build_bank(mean, basis, [image], config)
+    bank = typicality.build_bank(mean, basis, [image], 10**6, 8, 0)  # a bank that keeps every code
     expected = (patches.unfold(image[None], 8, 1)[0] - mean) @ basis  # all 43 x 30 offsets
     assert bank.codes.shape == expected.shape
     torch.testing.assert_close(bank.codes.sort(dim=0).values, expected.sort(dim=0).values)
+
+
+def test_leaving_an_image_out_drops_exactly_its_codes():
+    gen = torch.Generator().manual_seed(12)
+    images = [torch.rand(1, 21, 19, generator=gen) for _ in range(3)]
+    mean, basis = torch.rand(64), torch.linalg.qr(torch.randn(64, 4, generator=gen))[0]
+    bank = typicality.build_bank(mean, basis, images, 10**6, 8, 0)
+    assert bank.origins.tolist() == [i for i in range(3) for _ in range(14 * 12)]
+    rows = (typicality.patches.unfold(images[1][None], 8, 1) - mean)[0]
+    assert float(bank.distances(rows[None]).max()) < 1e-3  # its own codes are in the bank
+    alone = bank.without(1)
+    assert len(alone.codes) == 2 * 14 * 12
+    others = torch.cat([(typicality.patches.unfold(images[i][None], 8, 1)[0] - mean) @ basis for i in (0, 2)])
+    torch.testing.assert_close(alone.codes.sort(dim=0).values, others.sort(dim=0).values)
+    assert float(alone.distances(rows[None]).min()) > 0

@@ -1,0 +1,98 @@
+"""Validation defects, the per-family validation score, the pixel threshold and the working size."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import precision_recall_curve, roc_auc_score
+
+from lista_cli.calibration import calibrate, pixel_threshold
+from lista_cli.config import Config
+from lista_cli.defects import FAMILIES, drawn_defect
+from lista_cli.validation import make_validation_set, sampled
+from lista_cli.working_size import candidates
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_each_family_is_seeded_masked_and_changes_the_image(family):
+    gen = torch.Generator().manual_seed(11)
+    image = 0.4 + 0.2 * torch.rand(3, 53, 71, generator=gen)
+    first = drawn_defect(image, torch.Generator().manual_seed(5), family)
+    again = drawn_defect(image, torch.Generator().manual_seed(5), family)
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    augmented, mask = first
+    assert augmented.shape == image.shape and mask.shape == (53, 71) and mask.dtype == torch.bool
+    assert 0 < mask.sum() < 0.5 * mask.numel()
+    assert (augmented - image).abs().amax(dim=0)[mask].mean() > 0.01  # the masked pixels really changed
+    assert augmented.min() >= 0 and augmented.max() <= 1
+
+
+def test_validation_set_has_every_family_and_clean_images():
+    gen = torch.Generator().manual_seed(2)
+    images = [torch.rand(1, 40, 47, generator=gen) for _ in range(4)]
+    validation = make_validation_set(images, Config(), seed=0)
+    names = {f for f in validation.family if f is not None}
+    assert names == {*FAMILIES, "cutpaste"}
+    assert len(validation.clean) == 4 and not validation.masks[validation.clean].any()
+
+
+def _random_set(gen, count=6, size=(19, 23)):
+    masks = torch.zeros(count, *size, dtype=torch.bool)
+    family = [None, None, "a", "a", "b", "b"]
+    masks[2, 3:9, 4:8] = True
+    masks[3, 10:12, 2:20] = True
+    masks[4, 5:6, 5:15] = True
+    masks[5, 1:4, 1:4] = True
+    return sampled(torch.zeros(count, 1, *size), masks, family, seed=int(torch.randint(100, (), generator=gen)))
+
+
+def test_score_is_the_mean_over_families_of_sklearn_auroc():
+    gen = torch.Generator().manual_seed(7)
+    validation = _random_set(gen)
+    maps = torch.rand(6, 19, 23, generator=gen) + 0.7 * validation.masks.float()
+    maps[0, 0, :4] = maps[4, 5, 5]  # ties between a normal and a defect pixel
+    score, per_family = validation.score(maps)
+    flat, labels = maps.reshape(-1).numpy(), validation.masks.reshape(-1).numpy()
+    for name, rows in (("a", [2, 3]), ("b", [4, 5])):
+        chosen = np.zeros(6, dtype=bool)
+        chosen[rows] = True
+        positive = (validation.masks.numpy() & chosen[:, None, None]).reshape(-1)
+        keep = positive | ~labels  # that family's pixels against every normal pixel
+        assert per_family[name] == pytest.approx(roc_auc_score(positive[keep], flat[keep]), abs=1e-9)
+    assert score == pytest.approx(np.mean(list(per_family.values())))
+
+
+def test_pixel_threshold_maximises_pixel_f1():
+    gen = torch.Generator().manual_seed(9)
+    validation = _random_set(gen)
+    maps = torch.rand(6, 19, 23, generator=gen) + 0.6 * validation.masks.float()
+    chosen = pixel_threshold(maps, validation)
+    # every pixel is in the sample here (the set is small), so the F1 is sklearn's on all of them
+    precision, recall, thresholds = precision_recall_curve(
+        validation.masks.reshape(-1).numpy(), maps.reshape(-1).double().numpy()
+    )
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    assert chosen == pytest.approx(thresholds[np.argmax(f1[:-1])], abs=1e-6)
+
+
+def test_calibrate_takes_a_quantile_times_the_margin():
+    gen = torch.Generator().manual_seed(1)
+    scores = torch.rand(37, generator=gen)
+    result = calibrate(scores, 0.9, 1.1)
+    assert result["threshold"] == pytest.approx(np.quantile(scores.double().numpy(), 0.9) * 1.1)
+
+
+@pytest.mark.parametrize(
+    "shapes, expected",
+    [
+        ([(128, 128)] * 3, [128]),
+        ([(160, 160)] * 3, [128, 160]),
+        ([(625, 250), (630, 250)], [128, 250]),
+        ([(1024, 1024)], [128, 256, 512]),
+        ([(256, 4096)] * 2, [128]),  # a line-scan strip: its area bounds the size
+    ],
+)
+def test_candidate_sizes(shapes, expected):
+    sizes = candidates(shapes, "auto", 8)
+    shorter = np.median([min(s) for s in shapes])
+    assert [round(shorter * s.factor) for s in sizes] == expected
+    assert candidates(shapes, 200, 8)[0].image_size == 200 and candidates(shapes, None, 8)[0].image_size is None
