@@ -94,7 +94,7 @@ class ScoreConfig:
     smooth_sigma: float = _opt(2.0, low=0.0)
     image_score: str = _opt("max", choices=("max", "topk"))
     top_k: float = _opt(0.01, low=0.0, high=1.0, open_low=True)
-    threshold_quantile: float = _opt(0.99, low=0.0, high=1.0)
+    threshold_quantile: float = _opt(0.95, low=0.0, high=1.0)
     threshold_margin: float = _opt(1.1, low=0.0, open_low=True)
     bank_size: int = _opt(2048, low=0)
     code_energy: float = _opt(0.97, low=0.0, high=1.0, open_low=True, open_high=True)

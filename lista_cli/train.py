@@ -28,7 +28,7 @@ from .validation import ValidationSet, make_validation_set
 from .working_size import TIE, WorkingSize, candidates, typical_shape
 
 MAX_PCA_ROWS = 200_000
-SIZE_BANK_CANDIDATES = 50_000  # patch codes the banks of the candidate sizes are chosen from
+SIZE_BANK_CANDIDATES = 20_000  # patch codes the banks of the candidate sizes are chosen from
 
 
 class TrainError(ListaError):
