@@ -138,7 +138,7 @@ def train(
             def on_step(step: int, loss: float, val: float | None) -> None:
                 if val is not None:
                     state["val"] = val
-                progress.update(task, completed=step, info=f"loss {loss:.4f}  val AUROC {state['val']:.3f}")
+                progress.update(task, completed=step, info=f"loss {loss:.4f}  validation {state['val']:.3f}")
 
             summary = run_train(
                 data_dir,
@@ -154,20 +154,26 @@ def train(
             err.print(
                 f"trained on {summary.images - summary.held_out} images ({summary.held_out} held out), "
                 f"{summary.channels} channel(s), {summary.steps} steps per scale in {summary.seconds:.1f}s; "
-                f"threshold {summary.threshold:.4g}",
+                f"image threshold {summary.threshold:.4g}, mask threshold {summary.pixel_threshold:.4g}",
+                highlight=False,
+                soft_wrap=True,
+            )
+            compared = ", ".join(f"{label} {score:.3f}" for label, score in summary.size_scores.items())
+            err.print(
+                f"  working size {summary.image_size}" + (f" (validation: {compared})" if compared else ""),
                 highlight=False,
                 soft_wrap=True,
             )
             for scale in summary.scales:
                 err.print(
-                    f"  scale 1/{scale['factor']}: subspace rank {scale['rank']}, validation pixel AUROC "
+                    f"  scale 1/{scale['factor']}: subspace rank {scale['rank']}, validation "
                     f"{scale['val_auroc_start']:.3f} -> {scale['val_auroc_best']:.3f} (kept step {scale['best_step']})",
                     highlight=False,
                     soft_wrap=True,
                 )
             err.print(
-                f"  maps combined with sparse share {summary.sparse_share:g}: validation pixel AUROC"
-                f" {summary.val_auroc:.3f}",
+                f"  maps combined with sparse share {summary.sparse_share:g}: validation"
+                f" {summary.val_auroc:.3f} (mean pixel AUROC over defect families)",
                 highlight=False,
                 soft_wrap=True,
             )

@@ -25,7 +25,7 @@ from .model import PrincipalAxes, build_model
 from .pipeline import Detector, Scale, downsample, to_tensor
 from .typicality import MAX_BANK_CANDIDATES, MAX_CODE_RANK, build_bank
 from .validation import ValidationSet, make_validation_set
-from .working_size import TIE, WorkingSize, candidates, typical_shape
+from .working_size import TIE, WorkingSize, candidates
 
 MAX_PCA_ROWS = 200_000
 SIZE_BANK_CANDIDATES = 20_000  # patch codes the banks of the candidate sizes are chosen from
@@ -43,6 +43,7 @@ class TrainSummary:
     steps: int  # per scale
     scales: list[dict]  # a ScaleSummary per image scale, as a dict
     threshold: float
+    pixel_threshold: float
     seconds: float
     image_size: str = ""  # the working size, e.g. "250 px (x1)"
     size_scores: dict[str, float] = field(default_factory=dict)  # validation score of each candidate size
@@ -270,7 +271,6 @@ def choose_size(
     """The candidate working size whose untrained models score best on the validation set
     (a larger one must win by more than TIE). The comparison uses code banks chosen among
     fewer candidate codes (SIZE_BANK_CANDIDATES); the chosen size's banks are then rebuilt."""
-    shorter, _ = typical_shape([a.shape[:2] for a in arrays])
     best: tuple[WorkingSize, list[torch.Tensor]] | None = None
     best_score = -1.0
     scores = {}
@@ -280,7 +280,7 @@ def choose_size(
             factors = usable_factors(images, config, lambda message: None)
             scales = [init_scale(images, config, factor, SIZE_BANK_CANDIDATES) for factor in factors]
             shape = shape_at(validation, size, sizes[-1])
-            scores[size.label(shorter)] = score = validation_score(
+            scores[size.label] = score = validation_score(
                 Detector(scales, config, channels), validation, shape
             )
         else:
@@ -360,8 +360,9 @@ def train(
         steps=steps,
         scales=[dataclasses.asdict(x) for x in summaries],
         threshold=detector.calibration["threshold"],
+        pixel_threshold=detector.calibration["pixel_threshold"],
         seconds=time.perf_counter() - started,
-        image_size=size.label(typical_shape([a.shape[:2] for a in arrays])[0]),
+        image_size=size.label,
         size_scores=choice.scores,
         sparse_share=share,
         val_auroc=val_score,

@@ -26,10 +26,12 @@ class WorkingSize:
 
     factor: float | None = None
     image_size: int | None = None
+    side: int | None = None  # auto: the images' median shorter side at this size
 
-    def label(self, typical_side: float) -> str:
+    @property
+    def label(self) -> str:
         if self.factor is not None:
-            return f"{round(typical_side * self.factor)} px (x{self.factor:.3g})"
+            return f"{self.side} px (x{self.factor:.3g})"
         return "native" if self.image_size is None else f"{self.image_size} px"
 
 
@@ -49,4 +51,4 @@ def candidates(shapes: list[tuple[int, int]], image_size: int | str | None, patc
     largest = min(shorter, (MAX_AREA / aspect) ** 0.5)
     sides = sorted({side for side in SIDES if side < largest} | {largest})
     sides = [side for side in sides if side >= 4 * patch] or [largest]
-    return [WorkingSize(min(1.0, side / shorter)) for side in sides]
+    return [WorkingSize(min(1.0, side / shorter), side=round(side)) for side in sides]

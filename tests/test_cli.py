@@ -32,6 +32,10 @@ def test_train_writes_a_loadable_self_describing_checkpoint(model):
     assert payload["format"] == "lista-checkpoint"
     assert payload["config"]["train"]["steps"] == 4
     assert payload["calibration"]["threshold"] > 0
+    assert 0 < payload["calibration"]["pixel_threshold"] <= payload["calibration"]["threshold"]
+    assert payload["config"]["data"]["image_size"] == "auto" and payload["working_scale"] == 1.0  # 37x45: own size
+    # every training image is calibrated on (6 left out of the bank one at a time, 2 held out)
+    assert len(payload["calibration"]["image_scores"]) == 8
     assert payload["channels"] == 3
     assert not list(model.parent.glob(".model.pt.*"))  # no temporary left behind
 
@@ -51,6 +55,12 @@ def test_detect_writes_maps_masks_and_scores(model, mvtec, tmp_path):
         assert Image.open(out / f"{stem}_heatmap.png").size == (45, 37)
         mask = np.asarray(Image.open(out / f"{stem}_mask.png"))
         assert set(np.unique(mask)) <= {0, 255}
+        row = next(r for r in rows if r["image"].endswith(f"{stem}.png"))
+        assert (row["anomalous"] == "True") == bool(mask.any())  # anomalous exactly when the mask is not empty
+        if mask.any():  # the mask is the map at the pixel threshold, which sits at or below the image threshold
+            calibration = torch.load(model, weights_only=True)["calibration"]
+            assert calibration["pixel_threshold"] <= calibration["threshold"]
+            np.testing.assert_array_equal(mask > 0, raw >= calibration["pixel_threshold"])
     spot = [float(r["score"]) for r in rows if "/spot/" in r["image"]]
     good = [float(r["score"]) for r in rows if "/good/" in r["image"]]
     assert min(spot) > max(good)
@@ -258,3 +268,27 @@ def test_a_scale_too_small_for_a_patch_is_skipped_with_a_warning(tmp_path, rng):
     assert [s.factor for s in detector.scales] == [1] and detector.config.data.scales == [1]
     result = runner.invoke(app, ["detect", str(model), str(data), "--out", str(tmp_path / "out"), "--quiet"])
     assert result.exit_code == 0, result.output
+
+
+def test_auto_size_scales_every_image_by_one_factor(tmp_path, rng):
+    """Training images of different sizes: the working size is chosen among candidates and
+    applied as one factor, printed by train and used by detect."""
+    data = tmp_path / "sizes"
+    data.mkdir()
+    for i, (h, w) in enumerate([(300, 280), (290, 310), (320, 300), (300, 300), (280, 290)]):
+        Image.fromarray(texture(rng, h, w, colour=False)).save(data / f"{i}.png")
+    model = tmp_path / "m.pt"
+    result = runner.invoke(app, ["train", str(data), "--out", str(model), "--set", "train.steps=0"])
+    assert result.exit_code == 0, result.output
+    # median shorter side 290 px: candidates 128, 256 and 290 px
+    assert "working size" in result.output and all(f"{side} px" in result.output for side in (128, 256, 290))
+    from lista_cli.checkpoint import load_checkpoint
+
+    detector = load_checkpoint(model)
+    assert any(detector.working_scale == pytest.approx(side / 290) for side in (128, 256, 290))
+    image = texture(rng, 150, 200, colour=False).astype(np.float32)[..., None] / 255
+    assert tuple(detector.prepare(image).shape[-2:]) == (
+        round(150 * detector.working_scale),
+        round(200 * detector.working_scale),
+    )
+    assert detector.detect_batch([image])[0].anomaly_map.shape == (150, 200)
