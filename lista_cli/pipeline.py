@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import patches, scoring
+from . import edges, patches, scoring
 from .config import Config
 from .imageio import ImageError, resized_shape, to_channels
 from .model import UnfoldedISTA
@@ -208,6 +208,10 @@ class Detector:
                 ].cpu()
         return out
 
+    def damp_edges(self, maps: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) whole-image maps with the image edges damped as normal images need."""
+        return edges.damp_edges(maps, self.calibration.get("edge_rows", []), self.calibration.get("edge_columns", []))
+
     def image_scores(self, maps: torch.Tensor) -> torch.Tensor:
         return scoring.image_scores(maps, self.config.score.image_score, self.config.score.top_k)
 
@@ -243,6 +247,7 @@ class Detector:
                 maps = torch.stack([self.tiled_map(prepared[i]) for i in indices])
             else:
                 maps = self.anomaly_maps(torch.stack([prepared[i] for i in indices]))
+            maps = self.damp_edges(maps)
             scores = self.image_scores(maps)
             for row, index in enumerate(indices):
                 height, width = arrays[index].shape[:2]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import patches
+from . import edges, patches
 from .calibration import calibrate, pixel_threshold
 from .checkpoint import save_checkpoint
 from .config import Config
@@ -280,9 +280,7 @@ def choose_size(
             factors = usable_factors(images, config, lambda message: None)
             scales = [init_scale(images, config, factor, SIZE_BANK_CANDIDATES) for factor in factors]
             shape = shape_at(validation, size, sizes[-1])
-            scores[size.label] = score = validation_score(
-                Detector(scales, config, channels), validation, shape
-            )
+            scores[size.label] = score = validation_score(Detector(scales, config, channels), validation, shape)
         else:
             score = float("nan")
         if best is None or score > best_score + TIE:
@@ -293,14 +291,35 @@ def choose_size(
 
 
 @torch.inference_mode()
-def normal_scores(detector: Detector, fitting: list[torch.Tensor], held_out: list[torch.Tensor]) -> torch.Tensor:
-    """Image scores of every normal image as a new image would get them: held-out images as
-    they are, each training image against code banks without its own codes (leave one
-    out). Calibrating on all of them, not only the held-out share, steadies the threshold."""
-    scores = [detector.image_scores(detector.anomaly_maps(image[None])) for image in held_out]
+def normal_maps(detector: Detector, fitting: list[torch.Tensor], held_out: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Maps of every normal image as a new image would get them: held-out images as they
+    are, each training image against code banks without its own codes (leave one out).
+    Calibrating on all of them, not only the held-out share, steadies the threshold."""
+    maps = [detector.anomaly_maps(image[None])[0] for image in held_out]
     for number, image in enumerate(fitting):
-        scores.append(detector.image_scores(detector.without_image(number).anomaly_maps(image[None])))
-    return torch.cat(scores).double()
+        maps.append(detector.without_image(number).anomaly_maps(image[None])[0])
+    return maps
+
+
+def calibrate_detector(
+    detector: Detector,
+    fitting: list[torch.Tensor],
+    held_out: list[torch.Tensor],
+    validation_maps: torch.Tensor,
+    validation: ValidationSet,
+) -> None:
+    """Edge damping, image threshold and mask threshold, into detector.calibration."""
+    cfg = detector.config
+    maps = normal_maps(detector, fitting, held_out)
+    width = edges.band_width(
+        cfg.patch.size, max(s.factor for s in detector.scales), cfg.score.smooth_sigma, min(min(m.shape) for m in maps)
+    )
+    rows, columns = edges.edge_profile(maps, width)
+    detector.calibration.update(edge_rows=rows, edge_columns=columns)
+    scores = torch.cat([detector.image_scores(detector.damp_edges(m[None])) for m in maps])
+    detector.calibration.update(calibrate(scores, cfg.score.threshold_quantile, cfg.score.threshold_margin))
+    level = pixel_threshold(detector.damp_edges(validation_maps), validation)
+    detector.calibration["pixel_threshold"] = min(level, detector.calibration["threshold"])
 
 
 def train(
@@ -348,11 +367,8 @@ def train(
     components = component_maps(detector, validation.resized(shape))
     weights, share, val_score = choose_weights(detector, validation, components)
     detector.calibration = {"map_weights": weights}
-    scores = normal_scores(detector, fitting, held_out)
-    s = cfg.score
-    detector.calibration.update(calibrate(scores, s.threshold_quantile, s.threshold_margin))
-    pixel_level = pixel_threshold(detector.combine(torch.stack(components), weights), validation)
-    detector.calibration["pixel_threshold"] = min(pixel_level, detector.calibration["threshold"])
+    validation_maps = detector.combine(torch.stack(components), weights)
+    calibrate_detector(detector, fitting, held_out, validation_maps, validation)
     summary = TrainSummary(
         images=len(arrays),
         held_out=held_count,

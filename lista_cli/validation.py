@@ -13,6 +13,7 @@ ruled by the largest defects). AUROCs use a fixed seeded sample of pixels.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,7 @@ from .config import Config
 from .cutpaste import cutpaste
 from .defects import FAMILIES, drawn_defect
 
+MAX_VALIDATION_AREA = 320 * 320  # px of one validation image at the reference size
 MAX_VALIDATION_IMAGES = 12  # held-out images that get defects (all of them are calibrated on)
 NEGATIVE_SAMPLE = 100_000  # normal pixels in the AUROC sample
 POSITIVE_SAMPLE = 20_000  # defect pixels per family in the AUROC sample
@@ -39,9 +41,18 @@ def families(config: Config) -> list[str]:
 
 
 def _common_size(images: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Images of differing sizes -> centre crops of the common smallest height and width."""
+    """Images -> centre crops of the common smallest height and width, the longer side cut
+    further so a crop has at most MAX_VALIDATION_AREA px (validation runs many times)."""
     height = min(t.shape[-2] for t in images)
     width = min(t.shape[-1] for t in images)
+    if height * width > MAX_VALIDATION_AREA:  # the longer side first, then both
+        if height >= width:
+            height = max(width, MAX_VALIDATION_AREA // width)
+        else:
+            width = max(height, MAX_VALIDATION_AREA // height)
+        if height * width > MAX_VALIDATION_AREA:
+            side = math.isqrt(MAX_VALIDATION_AREA)
+            height, width = min(height, side), min(width, side)
     out = []
     for t in images:
         top, left = (t.shape[-2] - height) // 2, (t.shape[-1] - width) // 2
