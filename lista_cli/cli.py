@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 EXIT_OK, EXIT_USER, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERNAL = 0, 1, 2, 3, 4
 
@@ -25,7 +26,9 @@ app = typer.Typer(
     help="Find defects in texture images (deep-unfolded ISTA for robust PCA).\n\n"
     "Exit codes: 0 ok; 1 input, config, model or output error; 2 usage; 3 some inputs failed; 4 internal error.",
 )
-err = Console(stderr=True)
+# Messages echo paths, options and values the user typed: print them literally (no Rich
+# markup, no :emoji: codes, no highlighting); styles come only from Text objects.
+err = Console(stderr=True, markup=False, emoji=False, highlight=False)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (see configs/default.yaml).")]
 SetOpt = Annotated[
@@ -48,7 +51,7 @@ def _errors(debug: bool):
     except ListaError as exc:
         if debug:
             traceback.print_exc()
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        err.print(Text.assemble(("error:", "bold red"), f" {exc}"), soft_wrap=True)
         raise typer.Exit(EXIT_USER) from None
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -59,8 +62,9 @@ def _errors(debug: bool):
         if debug:
             traceback.print_exc()
         err.print(
-            f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (rerun with --debug for details)",
-            highlight=False,
+            Text.assemble(
+                ("internal error:", "bold red"), f" {type(exc).__name__}: {exc} (rerun with --debug for details)"
+            ),
             soft_wrap=True,
         )
         raise typer.Exit(EXIT_INTERNAL) from None
@@ -208,7 +212,7 @@ def _gather_inputs(inputs: list[str], recursive: bool, ext: str | None):
 
 
 def _report_failure(path: str, message: str) -> None:
-    err.print(f"[red]failed:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(Text.assemble(("failed:", "red"), f" {message}"), soft_wrap=True)
 
 
 def _print_json(row: dict) -> None:
@@ -335,11 +339,13 @@ def evaluate(
             "image_f1_calibrated": "image F1@thr",
             "pixel_f1_calibrated": "pixel F1@thr",
         }
-        table = Table(title=f"{dataset}  (calibrated threshold {report['threshold']:.4g})")
+        thresholds = f"image threshold {report['threshold']:.4g}, mask threshold {report['pixel_threshold']:.4g}"
+        table = Table(title=Text(f"{dataset}  ({thresholds})"))
         table.add_column("kind")
         for title in columns.values():
             table.add_column(title, justify="right")
-        for kind, row in [*report["kinds"].items(), ("[bold]all", report)]:
+        rows = [(Text(kind), row) for kind, row in report["kinds"].items()] + [(Text("all", style="bold"), report)]
+        for kind, row in rows:
             table.add_row(kind, *(str(row[k]) if k == "images" else _fmt(row[k]) for k in columns))
         out_console = Console()
         Console(width=max(out_console.width, 132)).print(table)

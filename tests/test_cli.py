@@ -292,3 +292,14 @@ def test_auto_size_scales_every_image_by_one_factor(tmp_path, rng):
         round(200 * detector.working_scale),
     )
     assert detector.detect_batch([image])[0].anomaly_map.shape == (150, 200)
+
+
+def test_messages_echo_what_the_user_typed_literally(tmp_path):
+    """No Rich markup or :emoji: codes in what the user typed (":-1:" once became an emoji)."""
+    image = tmp_path / "a.png"
+    Image.fromarray(np.full((9, 9), 128, dtype=np.uint8)).save(image)
+    result = runner.invoke(app, ["deblur", str(image), "--psf", "gaussian:-1", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "--psf gaussian:-1:" in result.output
+    odd = tmp_path / "no:-1:such[bold]folder"
+    result = runner.invoke(app, ["train", str(odd), "--out", str(tmp_path / "m.pt")])
+    assert result.exit_code == 1 and f"error: {odd}: no such folder" in result.output
