@@ -15,6 +15,7 @@ import torch
 
 from . import __version__
 from .config import Config, ConfigError, from_dict
+from .context import ContextBank
 from .errors import ListaError
 from .imageio import atomic_write
 from .model import build_model
@@ -45,6 +46,9 @@ def save_checkpoint(path: str | Path, detector: Detector, extra: dict[str, Any] 
         "channels": detector.channels,
         "calibration": detector.calibration,
         "working_scale": detector.working_scale,
+        "context": None
+        if detector.context is None
+        else {"bank": _cpu_state(detector.context.bank), "norms": detector.context.norms.tolist()},
         "scales": [
             {
                 "factor": scale.factor,
@@ -106,10 +110,15 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Det
     except (KeyError, TypeError, RuntimeError, ConfigError) as exc:
         raise CheckpointError(f"{path}: damaged lista checkpoint ({str(exc).splitlines()[0][:100]})") from None
     working_scale = payload.get("working_scale")
+    context = payload.get("context")
+    if context is not None:
+        bank = CodeBank(context["bank"]["basis"], context["bank"]["codes"], context["bank"]["radii"])
+        context = ContextBank(bank, torch.tensor(context["norms"])).to(device)
     return Detector(
         scales,
         config,
         int(payload["channels"]),
         dict(payload.get("calibration") or {}),
         None if working_scale is None else float(working_scale),
+        context,
     )

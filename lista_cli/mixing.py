@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from . import scoring
 from .pipeline import Detector
 from .validation import ValidationSet
 
@@ -33,8 +34,8 @@ def component_levels(normal_components: list[torch.Tensor], quantile: float = 0.
 
 def share_weights(detector: Detector, levels: list[float], share: float) -> list[float]:
     """Map weights: each component's level, times `share` for sparse-part maps and
-    1 - share for code maps (the components come per scale as [sparse, code])."""
-    kinds = [kind for scale in detector.scales for kind in ("sparse", "code")[: scale.components]]
+    1 - share for code and context maps."""
+    kinds = detector.kinds
     return [level * (share if kind == "sparse" else 1.0 - share) for level, kind in zip(levels, kinds, strict=True)]
 
 
@@ -47,15 +48,20 @@ def choose_weights(
     fixed = detector.config.score.sparse_share
     if fixed is not None:
         shares = [fixed]
-    elif any(scale.bank is not None for scale in detector.scales):
+    elif any(kind != "sparse" for kind in detector.kinds):
         shares = SPARSE_SHARES
     else:
         shares = [1.0]
-    stacked = torch.stack(components)
+    # Smoothing is linear: smooth each component once, then every mix is a weighted sum
+    # (the same maps as detector.combine up to rounding, at 1/7 of the smoothing cost).
+    stacked = torch.stack(components)  # (n, M, h, w)
+    sigma = detector.config.score.smooth_sigma
+    smoothed = torch.stack([scoring.gaussian_smooth(stacked[:, i], sigma) for i in range(stacked.shape[1])], dim=1)
     best: tuple[list[float], float, float] | None = None
     for share in shares:
         weights = share_weights(detector, levels, share)
-        score, _ = validation.score(detector.combine(stacked, weights))
+        maps = sum(smoothed[:, i] * w for i, w in enumerate(weights))
+        score, _ = validation.score(maps)
         if best is None or score > best[2]:
             best = (weights, share, score)
     return best  # type: ignore[return-value]

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from . import edges, patches, scoring
 from .config import Config
+from .context import ContextBank
 from .imageio import ImageError, resized_shape, to_channels
 from .model import UnfoldedISTA
 from .typicality import CodeBank
@@ -87,6 +88,14 @@ class Detector:
     calibration: dict[str, Any] = field(default_factory=dict)
     # Model pixels per input pixel when data.image_size is auto (chosen in training).
     working_scale: float | None = None
+    context: ContextBank | None = None  # stacked multi-scale codes (score.context)
+
+    @property
+    def kinds(self) -> list[str]:
+        """The kind of each component map, in order: per scale "sparse" (and "code"), then
+        "context" with a context bank."""
+        kinds = [kind for scale in self.scales for kind in ("sparse", "code")[: scale.components]]
+        return kinds + ["context"] * (self.context is not None)
 
     @property
     def model(self) -> UnfoldedISTA:
@@ -115,21 +124,27 @@ class Detector:
                 f" {self.config.patch.size}x{self.config.patch.size} patch at model resolution"
             )
 
-    def scale_components(self, scale: Scale, image: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+    def scale_components(
+        self, scale: Scale, image: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(1, C, h, w) image at this scale's resolution -> (1, M, h, w) unsmoothed maps:
         ||s|| folded to pixels and, with a code bank, the distance of each patch's code to the
-        nearest normal code. `noise` (1, 1, 1) overrides the model's per-image noise scale."""
+        nearest normal code; and the grid of those codes (rows, cols, R), or None.
+        `noise` (1, 1, 1) overrides the model's per-image noise scale."""
         p, stride = self.config.patch.size, self.config.patch.stride
         size = image.shape[-2:]
         if min(size) < p:  # a coarse scale of a small image has no patch: it adds nothing
-            return image.new_zeros(1, scale.components, *size)
+            return image.new_zeros(1, scale.components, *size), None
         rows = patches.unfold(image, p, stride)
         sparse = scale.model(rows, noise)
         components = [scoring.sparse_to_map(sparse, size, self.channels, p, stride)]
+        grid = None
         if scale.bank is not None:
-            distances = scale.bank.distances(rows - scale.model.mean)  # (1, N)
+            codes = scale.bank.codes_of(rows - scale.model.mean)  # (1, N, R)
+            distances = scale.bank.code_distances(codes[0])[None]  # (1, N)
             components.append(scoring.patch_values_to_map(distances, size, p, stride))
-        return torch.stack(components, dim=1)
+            grid = codes[0].view(*patches.grid_shape(size[0], size[1], p, stride), -1)
+        return torch.stack(components, dim=1), grid
 
     def component_maps(self, images: torch.Tensor, noise: list[torch.Tensor] | None = None) -> torch.Tensor:
         """(B, C, h, w) images -> (B, M, h, w) unsmoothed component maps of every scale, coarse
@@ -140,24 +155,37 @@ class Detector:
         # map is bit-identical whatever batch or shard the image came in.
         for index in range(images.shape[0]):
             image = images[index : index + 1].to(self.device)
-            parts = []
+            parts, grids = [], []
             for number, scale in enumerate(self.scales):
                 level = None if noise is None else noise[number][index : index + 1]
-                coarse = self.scale_components(scale, downsample(image, scale.factor), level)
+                coarse, grid = self.scale_components(scale, downsample(image, scale.factor), level)
                 parts.append(upsample(coarse, scale.factor, size))
+                grids.append(grid)
+            if self.context is not None:
+                parts.append(self.context_map(grids, size))
             maps.append(torch.cat(parts, dim=1))
         return torch.cat(maps)
+
+    def context_map(self, grids: list[torch.Tensor | None], size: tuple[int, int]) -> torch.Tensor:
+        """(1, 1, h, w) context map from every scale's code grid (zeros when a coarse scale of
+        a small image has no patch)."""
+        p, stride = self.config.patch.size, self.config.patch.stride
+        if any(grid is None for grid in grids):
+            return torch.zeros(1, 1, *size, device=self.device)
+        distances = self.context.distances(grids, [s.factor for s in self.scales], p, stride)
+        return scoring.patch_values_to_map(distances, size, p, stride)[:, None]
 
     def without_image(self, image: int) -> Detector:
         """This detector with every code bank lacking the codes of training image `image`."""
         scales = [Scale(s.factor, s.model, None if s.bank is None else s.bank.without(image)) for s in self.scales]
-        return Detector(scales, self.config, self.channels, self.calibration, self.working_scale)
+        context = None if self.context is None else self.context.without(image)
+        return Detector(scales, self.config, self.channels, self.calibration, self.working_scale, context)
 
     @property
     def map_weights(self) -> list[float]:
         """Weights of the component maps: 1 / (their high quantile on held-out normal images),
         times the sparse share t (S maps) or 1 - t (code maps) chosen in training."""
-        return self.calibration.get("map_weights") or [1.0] * sum(s.components for s in self.scales)
+        return self.calibration.get("map_weights") or [1.0] * len(self.kinds)
 
     def combine(self, components: torch.Tensor, weights: list[float] | None = None) -> torch.Tensor:
         """(B, M, h, w) component maps -> (B, h, w) smoothed anomaly map (weighted sum)."""

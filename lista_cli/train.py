@@ -16,6 +16,7 @@ from . import edges, patches
 from .calibration import calibrate, pixel_threshold
 from .checkpoint import save_checkpoint
 from .config import Config
+from .context import build_context
 from .cutpaste import cutpaste
 from .errors import ListaError
 from .imageio import ImageError, read_image
@@ -363,6 +364,11 @@ def train(
         counted = None if on_step is None else (lambda k, loss, val, o=offset: on_step(o + k, loss, val))
         summaries.append(train_layers(scale, fitting, validation, shape, cfg, channels, counted))
     detector = Detector(choice.scales, cfg, channels, working_scale=size.factor)
+    if cfg.score.context and cfg.score.bank_size and all(scale.bank is not None for scale in choice.scales):
+        p = cfg.patch
+        detector.context = build_context(
+            choice.scales, fitting, p.size, p.stride, cfg.score.bank_size, cfg.train.seed, MAX_BANK_CANDIDATES
+        )
 
     components = component_maps(detector, validation.resized(shape))
     weights, share, val_score = choose_weights(detector, validation, components)

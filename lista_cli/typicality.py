@@ -73,8 +73,15 @@ class CodeBank(torch.nn.Module):
         normal texture varies a lot (mortar edges), cells are wide and a code must be
         further out to score; where it barely varies (flat brick), a small step is enough."""
         codes = centred @ self.basis  # (B, N, R)
-        _, scaled = _nearest(codes.reshape(-1, codes.shape[-1]), self.codes, self.radii)
-        return scaled.view(codes.shape[:2])
+        return self.code_distances(codes.reshape(-1, codes.shape[-1])).view(codes.shape[:2])
+
+    def codes_of(self, centred: torch.Tensor) -> torch.Tensor:
+        """(..., d) centred patches -> (..., R) codes in the bank's basis."""
+        return centred @ self.basis
+
+    def code_distances(self, codes: torch.Tensor) -> torch.Tensor:
+        """(n, R) codes -> (n,) distance to the nearest bank code in units of its cell radius."""
+        return _nearest(codes, self.codes, self.radii)[1]
 
 
 @torch.inference_mode()

@@ -303,3 +303,20 @@ def test_messages_echo_what_the_user_typed_literally(tmp_path):
     odd = tmp_path / "no:-1:such[bold]folder"
     result = runner.invoke(app, ["train", str(odd), "--out", str(tmp_path / "m.pt")])
     assert result.exit_code == 1 and f"error: {odd}: no such folder" in result.output
+
+
+def test_context_map_trains_saves_tiles_and_leaves_images_out(mvtec, tmp_path):
+    from lista_cli.checkpoint import load_checkpoint
+    from lista_cli.imageio import read_image
+
+    model = tmp_path / "context.pt"
+    result = runner.invoke(app, ["train", str(mvtec), "--out", str(model), *FAST, "--set", "score.context=true"])
+    assert result.exit_code == 0, result.output
+    detector = load_checkpoint(model)
+    assert detector.context is not None and detector.kinds == ["sparse", "code", "sparse", "code", "context"]
+    assert len(detector.map_weights) == 5
+    image = read_image(next((mvtec / "test" / "spot").iterdir()))
+    whole = detector.detect_batch([image])[0].anomaly_map
+    assert whole.shape == (37, 45) and np.isfinite(whole).all()
+    detector.config.data.tile_size = 16  # tiles aligned to every scale's grid: the same map
+    np.testing.assert_allclose(detector.detect_batch([image])[0].anomaly_map, whole, rtol=1e-5, atol=1e-5)
