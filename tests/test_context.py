@@ -13,8 +13,8 @@ def test_coarse_index_is_the_nearest_coarse_patch_centre():
         fine = np.arange(19) * s + p / 2
         coarse = (np.arange(coarse_count) * s + p / 2) * factor
         expected = np.abs(fine[:, None] - coarse[None]).argmin(1)
-        distance = lambda idx: np.abs(fine - coarse[idx])  # noqa: E731
-        np.testing.assert_allclose(distance(got), distance(expected))  # ties may pick either
+        # ties may pick either neighbour: compare the distances to the chosen centres
+        np.testing.assert_allclose(np.abs(fine - coarse[got]), np.abs(fine - coarse[expected]))
 
 
 def test_stack_codes_concatenates_each_patch_with_its_coarse_neighbours():
