@@ -18,6 +18,7 @@ from .checkpoint import save_checkpoint
 from .config import Config
 from .context import build_context
 from .cutpaste import cutpaste
+from .defects import FAMILIES, drawn_defect
 from .errors import ListaError
 from .imageio import ImageError, read_image
 from .inputs import collect_inputs
@@ -29,6 +30,7 @@ from .validation import ValidationSet, make_validation_set
 from .working_size import TIE, WorkingSize, candidates
 
 MAX_PCA_ROWS = 200_000
+TRAINING_FAMILIES = list(FAMILIES)
 SIZE_BANK_CANDIDATES = 20_000  # patch codes the banks of the candidate sizes are chosen from
 
 
@@ -162,6 +164,16 @@ def init_scale(images: list[torch.Tensor], config: Config, factor: int, candidat
     return scale
 
 
+def training_defect(crop: torch.Tensor, rng: torch.Generator, config: Config) -> torch.Tensor:
+    """A crop with one synthetic defect: CutPaste, or with `train.defects: all` half the time
+    a drawn family instead. Every family changes pixels additively, so the exact sparse
+    target stays patches(augmented) - patches(clean)."""
+    if config.train.defects == "all" and torch.rand((), generator=rng) < 0.5:
+        family = TRAINING_FAMILIES[int(torch.randint(len(TRAINING_FAMILIES), (), generator=rng))]
+        return drawn_defect(crop, rng, family)[0]
+    return cutpaste(crop, rng, config.cutpaste)[0]
+
+
 def train_layers(
     scale: Scale,
     images: list[torch.Tensor],
@@ -194,7 +206,7 @@ def train_layers(
             clean = _random_crops(small, cfg.train.batch, cfg.train.crop, rng)
             augmented = clean[:augmented_count].clone()
             for i in range(augmented_count):
-                augmented[i], _ = cutpaste(clean[i], rng, cfg.cutpaste)
+                augmented[i] = training_defect(clean[i], rng, cfg)
             clean_rows = patches.unfold(clean, p, stride)  # (B, N, d)
             with torch.no_grad():
                 clean_scale = model.noise_scale(clean_rows - model.mean)

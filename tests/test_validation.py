@@ -96,3 +96,22 @@ def test_candidate_sizes(shapes, expected):
     shorter = np.median([min(s) for s in shapes])
     assert [round(shorter * s.factor) for s in sizes] == expected
     assert candidates(shapes, 200, 8)[0].image_size == 200 and candidates(shapes, None, 8)[0].image_size is None
+
+
+def test_training_defects_mix_cutpaste_and_drawn_families_when_asked():
+    from lista_cli.train import training_defect
+
+    config = Config()
+    crop = 0.3 + 0.4 * torch.rand(3, 33, 29, generator=torch.Generator().manual_seed(1))
+    config.train.defects = "cutpaste"
+    cut = training_defect(crop, torch.Generator().manual_seed(2), config)
+    # CutPaste only changes a pasted region: most pixels stay exactly as they were
+    assert cut.shape == crop.shape and 0 < (cut != crop).any(0).float().mean() < 0.5
+    config.train.defects = "all"
+    outputs = [training_defect(crop, torch.Generator().manual_seed(seed), config) for seed in range(12)]
+    assert all(o.shape == crop.shape and not torch.equal(o, crop) for o in outputs)
+    again = training_defect(crop, torch.Generator().manual_seed(5), config)
+    assert torch.equal(again, outputs[5])  # seeded
+    # some draws are drawn families: they change pixels CutPaste never would (soft or thin)
+    changed = [float((o != crop).any(0).float().mean()) for o in outputs]
+    assert len({round(c, 3) for c in changed}) > 3
