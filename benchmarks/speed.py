@@ -6,7 +6,7 @@ channel count: end-to-end `detect` images/s (read PNG, model, write heatmap, mas
 scores row), maps images/s (all scales' models, code distances, fold and smoothing), forward-only
 images/s (the unfolded layers alone), the forward's FLOP count divided by the matrix-multiply
 rate measured in this run (its floor), the efficiency floor/actual, and the peak resident
-memory of a fresh process scoring one image. Also the default config (image_size=128) at 256².
+memory of a fresh process scoring one image. Also the default config (trained on 128² images; auto size) at 256².
 
     python benchmarks/speed.py [--sizes 128,256,512,1024] [--huge]
 """
@@ -101,7 +101,7 @@ def main() -> None:
         train(SAMPLE, load_config(None, ["train.steps=20"]), default_model)
         train(SAMPLE, load_config(None, ["train.steps=20", "score.bank_size=0", "data.scales=[1]"]), sparse_only_model)
         cases = [(s, c, models[c], "native") for s in map(int, args.sizes.split(",")) for c in (1, 3)]
-        cases.append((256, 3, default_model, "default (resized to 128)"))
+        cases.append((256, 3, default_model, "default config (trained on 128² images)"))
         cases.append((256, 3, sparse_only_model, "first release: S only, scale 1"))
         for size, channels, model, mode in cases:
             detector = load_checkpoint(model)

@@ -18,6 +18,7 @@ from .config import CutPasteConfig
 
 
 def _uniform(rng: torch.Generator, low: float, high: float) -> float:
+    """Uniform float in [low, high) from the seeded generator (shared with defects.py)."""
     return low + (high - low) * torch.rand((), generator=rng).item()
 
 

@@ -20,9 +20,7 @@ import math
 
 import torch
 
-
-def _uniform(rng: torch.Generator, low: float, high: float) -> float:
-    return low + (high - low) * torch.rand((), generator=rng).item()
+from .cutpaste import _uniform
 
 
 def _segment_distance(ys: torch.Tensor, xs: torch.Tensor, a: tuple[float, float], b: tuple[float, float]):

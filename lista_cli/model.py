@@ -10,7 +10,7 @@ LISTA learns the same layers:  s_{k+1} = soft(W_e x + W_s s_k, theta_k)  with
     alista : Q fixed, a step gamma_k per layer (ALISTA-style), init gamma_k = eta
 and theta_k = exp(log_theta_k) [* sigma], init eta lam.
 
-`background` chooses what explains normal texture (DESIGN.md, "a second source"):
+`background` chooses what explains normal texture (README, "Background models"):
     global : the training subspace U alone (the layers above);
     image  : the image's own repeating structure: each layer first takes a low-rank
              estimate of the image's patch matrix, L_k = SVT(X - S_{k-1}, tau_k sigma_1)
@@ -53,14 +53,6 @@ class PrincipalAxes:
         dim = len(self.mean)
         rank = min(int((share < energy).sum().item()) + 1, dim - 1, max_rank or dim)
         return self.eigenvectors[:, :rank].float().contiguous()
-
-
-def fit_subspace(
-    patches: torch.Tensor, energy: float, max_rank: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """PCA of normal patches (n, d): mean (d,) and an orthonormal basis U (d, r) keeping `energy`."""
-    axes = PrincipalAxes(patches)
-    return axes.mean.float(), axes.basis(energy, max_rank)
 
 
 IMAGE_RANK = 32  # at most this many of the image's own leading directions form L

@@ -26,8 +26,6 @@ _LUT = np.stack(
     [np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_ANCHORS)), _ANCHORS[:, c]) for c in range(3)], axis=1
 ).astype(np.uint8)  # (256, 3)
 
-OUTPUT_SUFFIXES = ("_heatmap.png", "_mask.png", "_map.npy")
-
 
 def colourise(anomaly_map: np.ndarray, threshold: float) -> np.ndarray:
     """(H, W) map -> (H, W, 3) uint8 colours; the threshold sits at the middle of the scale."""

@@ -3,8 +3,8 @@ import torch
 
 from lista_cli.model import (
     IMAGE_RANK,
+    PrincipalAxes,
     UnfoldedISTA,
-    fit_subspace,
     image_directions,
     image_low_rank,
     soft_threshold,
@@ -19,6 +19,12 @@ def ista_reference(x, basis, lam, step, iterations, scale):
     for _ in range(iterations):
         s = soft_threshold(s + step * (x - s) @ projector, step * lam * scale)
     return s
+
+
+def fit_subspace(rows: torch.Tensor, energy: float, max_rank: int | None = None):
+    """The mean and the subspace U a model is built on, as training builds them."""
+    axes = PrincipalAxes(rows)
+    return axes.mean.float(), axes.basis(energy, max_rank)
 
 
 def _random_problem(gen, batch=2, count=23, dim=27, rank=4):
