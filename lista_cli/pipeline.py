@@ -276,7 +276,6 @@ class Detector:
             else:
                 maps = self.anomaly_maps(torch.stack([prepared[i] for i in indices]))
             maps = self.damp_edges(maps)
-            scores = self.image_scores(maps)
             for row, index in enumerate(indices):
                 height, width = arrays[index].shape[:2]
                 full = maps[row]
@@ -284,7 +283,9 @@ class Detector:
                     full = F.interpolate(full[None, None], size=(height, width), mode="bilinear", align_corners=False)[
                         0, 0
                     ]
-                score = float(scores[row])
+                # The score comes from the map at the input's own size, the map the mask is cut
+                # from: an image is anomalous exactly when its mask is not empty.
+                score = float(self.image_scores(full[None])[0])
                 normalized = score / self.threshold
                 results[index] = Result(score, normalized, normalized >= 1.0, full.float().cpu().numpy())
         return results  # type: ignore[return-value]
