@@ -31,6 +31,7 @@ from .working_size import TIE, WorkingSize, candidates
 
 MAX_PCA_ROWS = 200_000
 TRAINING_FAMILIES = list(FAMILIES)
+MAX_CALIBRATION_IMAGES = 200  # normal images whose maps set the edge damping and the threshold
 SIZE_BANK_CANDIDATES = 20_000  # patch codes the banks of the candidate sizes are chosen from
 
 
@@ -304,13 +305,22 @@ def choose_size(
 
 
 @torch.inference_mode()
-def normal_maps(detector: Detector, fitting: list[torch.Tensor], held_out: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Maps of every normal image as a new image would get them: held-out images as they
+def normal_maps(
+    detector: Detector, fitting: list[torch.Tensor], held_out: list[torch.Tensor], seed: int
+) -> list[torch.Tensor]:
+    """Maps of the normal images as a new image would get them: held-out images as they
     are, each training image against code banks without its own codes (leave one out).
-    Calibrating on all of them, not only the held-out share, steadies the threshold."""
+    Calibrating on all of them, not only the held-out share, steadies the threshold. At
+    most MAX_CALIBRATION_IMAGES (a seeded choice of training images beyond the held-out),
+    so time and memory stop growing with the number of normal images."""
     maps = [detector.anomaly_maps(image[None])[0] for image in held_out]
-    for number, image in enumerate(fitting):
-        maps.append(detector.without_image(number).anomaly_maps(image[None])[0])
+    numbers = list(range(len(fitting)))
+    room = max(0, MAX_CALIBRATION_IMAGES - len(held_out))
+    if len(numbers) > room:
+        chosen = torch.randperm(len(numbers), generator=torch.Generator().manual_seed(seed + 7))[:room]
+        numbers = sorted(chosen.tolist())
+    for number in numbers:
+        maps.append(detector.without_image(number).anomaly_maps(fitting[number][None])[0])
     return maps
 
 
@@ -323,7 +333,7 @@ def calibrate_detector(
 ) -> None:
     """Edge damping, image threshold and mask threshold, into detector.calibration."""
     cfg = detector.config
-    maps = normal_maps(detector, fitting, held_out)
+    maps = normal_maps(detector, fitting, held_out, cfg.train.seed)
     width = edges.band_width(
         cfg.patch.size, max(s.factor for s in detector.scales), cfg.score.smooth_sigma, min(min(m.shape) for m in maps)
     )
