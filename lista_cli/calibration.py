@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import torch
 
+from . import edges
+from .pipeline import Detector
 from .validation import ValidationSet
+
+MAX_CALIBRATION_IMAGES = 200  # normal images whose maps set the edge damping and the threshold
 
 
 def calibrate(scores: torch.Tensor, quantile: float, margin: float) -> dict[str, float | list[float]]:
@@ -47,3 +51,44 @@ def pixel_threshold(maps: torch.Tensor, validation: ValidationSet) -> float:
     false_pos = torch.cumsum(weights[order] * ~is_defect[order], 0)
     f1 = 2 * true_pos / (true_pos + false_pos + true_pos[-1])
     return float(values[order][int(f1.argmax())])
+
+
+@torch.inference_mode()
+def normal_maps(
+    detector: Detector, fitting: list[torch.Tensor], held_out: list[torch.Tensor], seed: int
+) -> list[torch.Tensor]:
+    """Maps of the normal images as a new image would get them: held-out images as they
+    are, each training image against code banks without its own codes (leave one out).
+    Calibrating on all of them, not only the held-out share, steadies the threshold. At
+    most MAX_CALIBRATION_IMAGES (a seeded choice of training images beyond the held-out),
+    so time and memory stop growing with the number of normal images."""
+    maps = [detector.anomaly_maps(image[None])[0] for image in held_out]
+    numbers = list(range(len(fitting)))
+    room = max(0, MAX_CALIBRATION_IMAGES - len(held_out))
+    if len(numbers) > room:
+        chosen = torch.randperm(len(numbers), generator=torch.Generator().manual_seed(seed + 7))[:room]
+        numbers = sorted(chosen.tolist())
+    for number in numbers:
+        maps.append(detector.without_image(number).anomaly_maps(fitting[number][None])[0])
+    return maps
+
+
+def calibrate_detector(
+    detector: Detector,
+    fitting: list[torch.Tensor],
+    held_out: list[torch.Tensor],
+    validation_maps: torch.Tensor,
+    validation: ValidationSet,
+) -> None:
+    """Edge damping, image threshold and mask threshold, into detector.calibration."""
+    cfg = detector.config
+    maps = normal_maps(detector, fitting, held_out, cfg.train.seed)
+    width = edges.band_width(
+        cfg.patch.size, max(s.factor for s in detector.scales), cfg.score.smooth_sigma, min(min(m.shape) for m in maps)
+    )
+    rows, columns = edges.edge_profile(maps, width)
+    detector.calibration.update(edge_rows=rows, edge_columns=columns)
+    scores = torch.cat([detector.image_scores(detector.damp_edges(m[None])) for m in maps])
+    detector.calibration.update(calibrate(scores, cfg.score.threshold_quantile, cfg.score.threshold_margin))
+    level = pixel_threshold(detector.damp_edges(validation_maps), validation)
+    detector.calibration["pixel_threshold"] = min(level, detector.calibration["threshold"])

@@ -12,31 +12,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import edges, patches
-from .calibration import calibrate, pixel_threshold
+from . import patches
+from .calibration import calibrate_detector
 from .checkpoint import save_checkpoint
 from .config import Config
 from .context import build_context
 from .cutpaste import cutpaste
 from .defects import FAMILIES, drawn_defect
-from .errors import ListaError
-from .imageio import ImageError, read_image
-from .inputs import collect_inputs
 from .mixing import choose_weights, component_maps, validation_score
 from .model import PrincipalAxes, build_model
-from .pipeline import Detector, Scale, downsample, to_tensor
+from .pipeline import Detector, Scale, downsample
+from .training_data import at_size, load_training_arrays, training_folder
 from .typicality import MAX_BANK_CANDIDATES, MAX_CODE_RANK, build_bank
 from .validation import ValidationSet, make_validation_set
 from .working_size import TIE, WorkingSize, candidates
 
 MAX_PCA_ROWS = 200_000
 TRAINING_FAMILIES = list(FAMILIES)
-MAX_CALIBRATION_IMAGES = 200  # normal images whose maps set the edge damping and the threshold
 SIZE_BANK_CANDIDATES = 20_000  # patch codes the banks of the candidate sizes are chosen from
-
-
-class TrainError(ListaError):
-    """Training cannot start on this data (exit code 1)."""
 
 
 @dataclass
@@ -54,49 +47,6 @@ class TrainSummary:
     sparse_share: float = 1.0  # weight of the sparse-part maps against the code maps
     val_auroc: float = 0.0  # validation score of the combined map: mean pixel AUROC over defect families
     skipped: list[str] = field(default_factory=list)
-
-
-def training_folder(data_dir: Path) -> Path:
-    """An MVTec category folder trains on its train/good; any other folder on itself."""
-    good = Path(data_dir) / "train" / "good"
-    return good if good.is_dir() else Path(data_dir)
-
-
-def load_training_arrays(
-    data_dir: Path, config: Config, warn: Callable[[str], None]
-) -> tuple[list[np.ndarray], int, list[str]]:
-    """Read every image under the folder at its own size; unreadable ones are skipped."""
-    folder = training_folder(data_dir)
-    if not folder.is_dir():
-        raise TrainError(f"{data_dir}: no such folder")
-    found = collect_inputs([str(folder)])
-    if found.problems:
-        raise TrainError(found.problems[0][1])
-    arrays, skipped = [], []
-    for item in found.images:
-        try:
-            arrays.append(read_image(item.path))
-        except ImageError as exc:
-            warn(f"skipped {exc}")
-            skipped.append(str(item.path))
-    if len(arrays) < 2:
-        raise TrainError(f"{folder}: need at least 2 readable normal images, found {len(arrays)}")
-    mode = config.data.channels
-    if mode == "auto":
-        colour = any(a.shape[-1] == 3 and not (np.ptp(a, axis=-1) < 1e-6).all() for a in arrays)
-        channels = 3 if colour else 1
-    else:
-        channels = 3 if mode == "rgb" else 1
-    return arrays, channels, skipped
-
-
-def at_size(arrays: list[np.ndarray], channels: int, size: WorkingSize, patch: int, folder: Path) -> list[torch.Tensor]:
-    """The images as (C, h, w) tensors at a working size; an image smaller than a patch is an error."""
-    tensors = [to_tensor(a, channels, size.image_size, size.factor) for a in arrays]
-    smallest = min(min(t.shape[-2:]) for t in tensors)
-    if smallest < patch:
-        raise TrainError(f"{folder}: an image is {smallest} px on a side, smaller than the patch size {patch}")
-    return tensors
 
 
 def _random_crops(images: list[torch.Tensor], count: int, size: int, rng: torch.Generator) -> torch.Tensor:
@@ -302,47 +252,6 @@ def choose_size(
     size, images = best  # type: ignore[misc]
     scales = [init_scale(images, config, factor) for factor in usable_factors(images, config, warn)]
     return SizeChoice(size, images, scales, scores)
-
-
-@torch.inference_mode()
-def normal_maps(
-    detector: Detector, fitting: list[torch.Tensor], held_out: list[torch.Tensor], seed: int
-) -> list[torch.Tensor]:
-    """Maps of the normal images as a new image would get them: held-out images as they
-    are, each training image against code banks without its own codes (leave one out).
-    Calibrating on all of them, not only the held-out share, steadies the threshold. At
-    most MAX_CALIBRATION_IMAGES (a seeded choice of training images beyond the held-out),
-    so time and memory stop growing with the number of normal images."""
-    maps = [detector.anomaly_maps(image[None])[0] for image in held_out]
-    numbers = list(range(len(fitting)))
-    room = max(0, MAX_CALIBRATION_IMAGES - len(held_out))
-    if len(numbers) > room:
-        chosen = torch.randperm(len(numbers), generator=torch.Generator().manual_seed(seed + 7))[:room]
-        numbers = sorted(chosen.tolist())
-    for number in numbers:
-        maps.append(detector.without_image(number).anomaly_maps(fitting[number][None])[0])
-    return maps
-
-
-def calibrate_detector(
-    detector: Detector,
-    fitting: list[torch.Tensor],
-    held_out: list[torch.Tensor],
-    validation_maps: torch.Tensor,
-    validation: ValidationSet,
-) -> None:
-    """Edge damping, image threshold and mask threshold, into detector.calibration."""
-    cfg = detector.config
-    maps = normal_maps(detector, fitting, held_out, cfg.train.seed)
-    width = edges.band_width(
-        cfg.patch.size, max(s.factor for s in detector.scales), cfg.score.smooth_sigma, min(min(m.shape) for m in maps)
-    )
-    rows, columns = edges.edge_profile(maps, width)
-    detector.calibration.update(edge_rows=rows, edge_columns=columns)
-    scores = torch.cat([detector.image_scores(detector.damp_edges(m[None])) for m in maps])
-    detector.calibration.update(calibrate(scores, cfg.score.threshold_quantile, cfg.score.threshold_margin))
-    level = pixel_threshold(detector.damp_edges(validation_maps), validation)
-    detector.calibration["pixel_threshold"] = min(level, detector.calibration["threshold"])
 
 
 def train(
