@@ -181,6 +181,8 @@ def train(
                 highlight=False,
                 soft_wrap=True,
             )
+            families = ", ".join(f"{name} {value:.3f}" for name, value in summary.val_families.items())
+            err.print(f"  validation pixel AUROC per defect family: {families}", soft_wrap=True)
             err.print(f"wrote {out}", highlight=False)
 
 

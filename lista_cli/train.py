@@ -46,6 +46,7 @@ class TrainSummary:
     size_scores: dict[str, float] = field(default_factory=dict)  # validation score of each candidate size
     sparse_share: float = 1.0  # weight of the sparse-part maps against the code maps
     val_auroc: float = 0.0  # validation score of the combined map: mean pixel AUROC over defect families
+    val_families: dict[str, float] = field(default_factory=dict)  # that map's pixel AUROC per defect family
     skipped: list[str] = field(default_factory=list)
 
 
@@ -319,6 +320,7 @@ def train(
         size_scores=choice.scores,
         sparse_share=share,
         val_auroc=val_score,
+        val_families=validation.score(validation_maps)[1],
         skipped=skipped,
     )
     save_checkpoint(out, detector, extra={"summary": summary.__dict__})
