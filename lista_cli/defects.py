@@ -21,6 +21,7 @@ import math
 import torch
 
 from .cutpaste import _uniform
+from .scoring import gaussian_smooth
 
 
 def _segment_distance(ys: torch.Tensor, xs: torch.Tensor, a: tuple[float, float], b: tuple[float, float]):
@@ -122,17 +123,6 @@ def fibre(image: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torc
     return (image + shift * profile).clamp(0, 1), profile > 0.5
 
 
-def _blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(C, H, W) separable Gaussian blur with replicated borders."""
-    radius = max(1, math.ceil(3 * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
-    kernel = (kernel / kernel.sum()).to(image.dtype)
-    padded = torch.nn.functional.pad(image[:, None], (radius,) * 4, mode="replicate")
-    out = torch.nn.functional.conv2d(padded, kernel.view(1, 1, 1, -1))
-    return torch.nn.functional.conv2d(out, kernel.view(1, 1, -1, 1))[:, 0]
-
-
 def smudge(image: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """A soft-edged disk (radius 6-15 % of the side) blurred and pulled towards its mean."""
     _, height, width = image.shape
@@ -142,7 +132,7 @@ def smudge(image: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, tor
     radius = _uniform(rng, 0.06, 0.15) * side
     weight = torch.sigmoid((radius - torch.hypot(ys - cy, xs - cx)) / max(radius * 0.15, 1.0))
     inside = weight > 0.5
-    blurred = _blur(image, _uniform(rng, 1.0, 3.0) * max(side / 128, 1.0))
+    blurred = gaussian_smooth(image, _uniform(rng, 1.0, 3.0) * max(side / 128, 1.0), border="replicate")
     mean = image[:, inside].mean(dim=1).view(-1, 1, 1) if inside.any() else image.mean()
     flat = mean + _uniform(rng, 0.2, 0.6) * (blurred - mean) + _signed(rng, 0.0, 0.05)
     return (image * (1 - weight) + flat * weight).clamp(0, 1), inside

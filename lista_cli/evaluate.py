@@ -72,7 +72,6 @@ def evaluate(detector: Detector, root: Path) -> dict[str, Any]:
         "pixel_threshold": pixel_level,
         **metrics(labels, scores, maps, masks, threshold, pixel_level),
     }
-    report["good_scores"] = scores[~labels].tolist()
     report["good_flagged"] = float(np.mean(scores[~labels] >= threshold)) if (~labels).any() else float("nan")
     report["kinds"] = {}
     for kind in sorted({item.kind for item in items} - {"good"}):

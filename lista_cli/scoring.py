@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from . import patches
 
 
-def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (B, H, W) maps with reflective borders."""
+def gaussian_smooth(maps: torch.Tensor, sigma: float, border: str = "reflect") -> torch.Tensor:
+    """Separable Gaussian blur of (B, H, W) maps with reflective (or replicated) borders."""
     if sigma <= 0:
         return maps
     radius = max(1, math.ceil(3 * sigma))
@@ -19,7 +19,7 @@ def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
     kernel = kernel / kernel.sum()
     height, width = maps.shape[-2:]
-    mode = "reflect" if radius < min(height, width) else "replicate"
+    mode = border if border == "replicate" or radius < min(height, width) else "replicate"
     padded = F.pad(maps[:, None], (radius, radius, radius, radius), mode=mode)
     out = F.conv2d(padded, kernel.view(1, 1, 1, -1))
     out = F.conv2d(out, kernel.view(1, 1, -1, 1))

@@ -118,8 +118,8 @@ def init_scale(images: list[torch.Tensor], config: Config, factor: int, candidat
 
 def training_defect(crop: torch.Tensor, rng: torch.Generator, config: Config) -> torch.Tensor:
     """A crop with one synthetic defect: CutPaste, or with `train.defects: all` half the time
-    a drawn family instead. Every family changes pixels additively, so the exact sparse
-    target stays patches(augmented) - patches(clean)."""
+    a drawn family instead. Whatever the family, the exact sparse target is the difference
+    patches(augmented) - patches(clean)."""
     if config.train.defects == "all" and torch.rand((), generator=rng) < 0.5:
         family = TRAINING_FAMILIES[int(torch.randint(len(TRAINING_FAMILIES), (), generator=rng))]
         return drawn_defect(crop, rng, family)[0]
@@ -135,7 +135,7 @@ def train_layers(
     channels: int,
     on_step: Callable[[int, float, float | None], None] | None = None,
 ) -> ScaleSummary:
-    """CutPaste-supervised training of one scale's unfolded layers on the training images
+    """Defect-supervised training (CutPaste, see training_defect) of one scale's unfolded layers on the training images
     downsampled by its factor. Validation scores the validation images (resized to the
     working `shape`) through this scale alone and keeps the step with the best score, the
     untrained model (step 0) included, so training never makes the scale worse on it."""
@@ -282,7 +282,7 @@ def train(
     validation = make_validation_set(held_reference, cfg, cfg.train.seed)
     choice = choose_size(fitting_arrays, channels, sizes, validation, cfg, folder, warn)
     fitting, size = choice.images, choice.size
-    held_out = at_size(held_arrays, channels, size, cfg.patch.size, folder)
+    held_out = held_reference if size == reference else at_size(held_arrays, channels, size, cfg.patch.size, folder)
     shape = shape_at(validation, size, reference)
 
     cfg = copy.deepcopy(cfg)
