@@ -23,10 +23,11 @@ from .pipeline import Detector, Scale
 from .typicality import CodeBank
 
 FORMAT = "lista-checkpoint"
-# 3: each code of a bank has a cell radius; 2: one model and code bank per image scale (its
-# codes load with radius 1, plain distances); 1: one model, no bank. All three load.
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+# 4: each code of a bank has a residual level (a third map per scale); 3: each code of a
+# bank has a cell radius; 2: one model and code bank per image scale (its codes load with
+# radius 1, plain distances); 1: one model, no bank. All four load.
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 
 
 class CheckpointError(ListaError):
@@ -72,7 +73,7 @@ def _rebuild_scales(payload: dict[str, Any], config: Config, device: str | torch
         model = build_model(state["mean"], state["basis"], config.model, learn=False)
         model.load_state_dict(state)
         bank = entry.get("bank")
-        bank = None if bank is None else CodeBank(bank["basis"], bank["codes"], bank.get("radii"))
+        bank = None if bank is None else CodeBank(bank["basis"], bank["codes"], bank.get("radii"), bank.get("residual_levels"))
         scales.append(Scale(int(entry["factor"]), model.eval().to(device), None if bank is None else bank.to(device)))
     return scales
 

@@ -176,7 +176,8 @@ def train(
                     soft_wrap=True,
                 )
             err.print(
-                f"  maps combined with sparse share {summary.sparse_share:g}: validation"
+                f"  maps combined with sparse share {summary.sparse_share:g}, residual weight"
+                f" {summary.residual_weight:g}: validation"
                 f" {summary.val_auroc:.3f} (mean pixel AUROC over defect families)",
                 highlight=False,
                 soft_wrap=True,

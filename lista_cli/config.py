@@ -100,6 +100,7 @@ class ScoreConfig:
     bank_size: int = _opt(2048, low=0)
     code_energy: float = _opt(0.97, low=0.0, high=1.0, open_low=True, open_high=True)
     sparse_share: float | None = _opt(None, low=0.0, high=1.0)
+    residual_weight: float | None = _opt(None, low=0.0)
     context: bool = _opt(False)
 
 

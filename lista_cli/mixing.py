@@ -1,12 +1,17 @@
-"""How the component maps (per scale: sparse part S, code distance) are weighed into one map.
+"""How the component maps (per scale: sparse part S, code distance, residual level) are
+weighed into one map.
 
 Each component is divided by its high quantile on normal pixels, so all share one unit,
-"how far above normal". Then the S maps are weighted by a share t and the code maps by
-1 - t. Which map carries a texture's defects differs (S on paper, the code distance on
-periodic brick), so t is chosen on the validation set unless score.sparse_share fixes it.
+"how far above normal". Then the S maps are weighted by a share t, the code (and context)
+maps by 1 - t and the residual-level maps by u (1 - t). Which map carries a texture's
+defects differs (S on paper, the code distance on periodic brick, the residual level where
+defects remove grain), so t and u are chosen on the validation set unless
+score.sparse_share and score.residual_weight fix them.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
@@ -15,6 +20,7 @@ from .pipeline import Detector
 from .validation import ValidationSet
 
 SPARSE_SHARES = (0.5, 0.25, 0.75, 0.1, 0.9, 0.0, 1.0)  # candidate mixes; the first wins ties
+RESIDUAL_WEIGHTS = (0.0, 0.5, 1.0)  # candidate weights u of the residual-level maps; off wins ties
 
 
 @torch.inference_mode()
@@ -32,41 +38,56 @@ def component_levels(normal_components: list[torch.Tensor], quantile: float = 0.
     return [1.0 / max(float(level), 1e-6) for level in levels]
 
 
-def share_weights(detector: Detector, levels: list[float], share: float) -> list[float]:
-    """Map weights: each component's level, times `share` for sparse-part maps and
-    1 - share for code and context maps."""
-    kinds = detector.kinds
-    return [level * (share if kind == "sparse" else 1.0 - share) for level, kind in zip(levels, kinds, strict=True)]
+def share_weights(detector: Detector, levels: list[float], share: float, residual: float = 0.0) -> list[float]:
+    """Map weights: each component's level, times `share` for sparse-part maps,
+    1 - share for code and context maps and `residual` (1 - share) for residual-level maps."""
+    factors = {"sparse": share, "code": 1.0 - share, "context": 1.0 - share, "residual": residual * (1.0 - share)}
+    return [level * factors[kind] for level, kind in zip(levels, detector.kinds, strict=True)]
 
 
-def choose_weights(
-    detector: Detector, validation: ValidationSet, components: list[torch.Tensor]
-) -> tuple[list[float], float, float]:
-    """(weights, sparse share, validation score) of the best mix of the validation set's
-    component maps (`components`, one per validation image, at the model's size)."""
+class Mix(NamedTuple):
+    weights: list[float]
+    sparse_share: float
+    residual_weight: float
+    score: float  # validation score
+
+
+def choose_weights(detector: Detector, validation: ValidationSet, components: list[torch.Tensor]) -> Mix:
+    """The best mix of the validation set's component maps (`components`, one per
+    validation image, at the model's size)."""
     levels = component_levels([components[i] for i in validation.clean])
-    fixed = detector.config.score.sparse_share
-    if fixed is not None:
-        shares = [fixed]
+    score_cfg = detector.config.score
+    if score_cfg.sparse_share is not None:
+        shares = [score_cfg.sparse_share]
     elif any(kind != "sparse" for kind in detector.kinds):
         shares = SPARSE_SHARES
     else:
         shares = [1.0]
-    # Smoothing is linear: smooth each component once, then every mix is a weighted sum
-    # (the same maps as detector.combine up to rounding, at 1/7 of the smoothing cost).
+    if "residual" not in detector.kinds:
+        residuals = [0.0]
+    else:
+        residuals = RESIDUAL_WEIGHTS if score_cfg.residual_weight is None else [score_cfg.residual_weight]
+    # Smoothing, resizing to the reference size and sampling pixels are linear: each
+    # component is smoothed and sampled once, then every mix is a weighted sum of the samples
+    # (the same values as sampling detector.combine's maps, up to rounding).
     stacked = torch.stack(components)  # (n, M, h, w)
     sigma = detector.config.score.smooth_sigma
-    smoothed = torch.stack([scoring.gaussian_smooth(stacked[:, i], sigma) for i in range(stacked.shape[1])], dim=1)
-    best: tuple[list[float], float, float] | None = None
-    for share in shares:
-        weights = share_weights(detector, levels, share)
-        maps = sum(smoothed[:, i] * w for i, w in enumerate(weights))
-        score, _ = validation.score(maps)
-        if best is None or score > best[2]:
-            best = (weights, share, score)
+    samples = [validation.sample(scoring.gaussian_smooth(stacked[:, i], sigma)) for i in range(stacked.shape[1])]
+    best: Mix | None = None
+    for residual in residuals:
+        for share in shares:
+            weights = share_weights(detector, levels, share, residual)
+            negatives = sum(w * sample[0] for w, sample in zip(weights, samples, strict=True))
+            positives = {
+                name: sum(w * sample[1][name] for w, sample in zip(weights, samples, strict=True))
+                for name in samples[0][1]
+            }
+            score, _ = validation.score_sample(negatives, positives)
+            if best is None or score > best.score:
+                best = Mix(weights, share, residual, score)
     return best  # type: ignore[return-value]
 
 
 def validation_score(detector: Detector, validation: ValidationSet, shape: tuple[int, int]) -> float:
     """The validation score of the detector's best mix, its images resized to `shape`."""
-    return choose_weights(detector, validation, component_maps(detector, validation.resized(shape)))[2]
+    return choose_weights(detector, validation, component_maps(detector, validation.resized(shape))).score

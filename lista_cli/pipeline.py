@@ -15,7 +15,7 @@ from .config import Config
 from .context import ContextBank
 from .imageio import ImageError, resized_shape, to_channels
 from .model import UnfoldedISTA
-from .typicality import CodeBank
+from .typicality import CodeBank, log_residual
 
 
 class Result(NamedTuple):
@@ -74,8 +74,11 @@ class Scale:
     bank: CodeBank | None = None  # normal patch codes; None scores the sparse part only
 
     @property
-    def components(self) -> int:
-        return 1 + (self.bank is not None)
+    def kinds(self) -> tuple[str, ...]:
+        """The kinds of this scale's component maps, in order."""
+        if self.bank is None:
+            return ("sparse",)
+        return ("sparse", "code", "residual") if self.bank.has_residual else ("sparse", "code")
 
 
 @dataclass
@@ -92,9 +95,9 @@ class Detector:
 
     @property
     def kinds(self) -> list[str]:
-        """The kind of each component map, in order: per scale "sparse" (and "code"), then
-        "context" with a context bank."""
-        kinds = [kind for scale in self.scales for kind in ("sparse", "code")[: scale.components]]
+        """The kind of each component map, in order: per scale "sparse" (and with a code bank
+        "code" and "residual"), then "context" with a context bank."""
+        kinds = [kind for scale in self.scales for kind in scale.kinds]
         return kinds + ["context"] * (self.context is not None)
 
     @property
@@ -129,21 +132,27 @@ class Detector:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(1, C, h, w) image at this scale's resolution -> (1, M, h, w) unsmoothed maps:
         ||s|| folded to pixels and, with a code bank, the distance of each patch's code to the
-        nearest normal code; and the grid of those codes (rows, cols, R), or None.
-        `noise` (1, 1, 1) overrides the model's per-image noise scale."""
+        nearest normal code and how far its residual level is from that code's; and the grid
+        of those codes (rows, cols, R), or None. `noise` (1, 1, 1) overrides the model's
+        per-image noise scale."""
         p, stride = self.config.patch.size, self.config.patch.stride
         size = image.shape[-2:]
         if min(size) < p:  # a coarse scale of a small image has no patch: it adds nothing
-            return image.new_zeros(1, scale.components, *size), None
+            return image.new_zeros(1, len(scale.kinds), *size), None
         rows = patches.unfold(image, p, stride)
         sparse = scale.model(rows, noise)
         components = [scoring.sparse_to_map(sparse, size, self.channels, p, stride)]
         grid = None
-        if scale.bank is not None:
-            codes = scale.bank.codes_of(rows - scale.model.mean)  # (1, N, R)
-            distances = scale.bank.code_distances(codes[0])[None]  # (1, N)
-            components.append(scoring.patch_values_to_map(distances, size, p, stride))
-            grid = codes[0].view(*patches.grid_shape(size[0], size[1], p, stride), -1)
+        bank = scale.bank
+        if bank is not None:
+            centred = rows[0] - scale.model.mean
+            codes = bank.codes_of(centred)  # (N, R)
+            nearest, distances = bank.nearest(codes)
+            components.append(scoring.patch_values_to_map(distances[None], size, p, stride))
+            if bank.has_residual:
+                deviations = bank.residual_deviations(log_residual(centred, scale.model.basis), nearest)
+                components.append(scoring.patch_values_to_map(deviations[None], size, p, stride))
+            grid = codes.view(*patches.grid_shape(size[0], size[1], p, stride), -1)
         return torch.stack(components, dim=1), grid
 
     def component_maps(self, images: torch.Tensor, noise: list[torch.Tensor] | None = None) -> torch.Tensor:
@@ -184,7 +193,7 @@ class Detector:
     @property
     def map_weights(self) -> list[float]:
         """Weights of the component maps: 1 / (their high quantile on held-out normal images),
-        times the sparse share t (S maps) or 1 - t (code maps) chosen in training."""
+        times the mix chosen in training (mixing.share_weights)."""
         return self.calibration.get("map_weights") or [1.0] * len(self.kinds)
 
     def combine(self, components: torch.Tensor, weights: list[float] | None = None) -> torch.Tensor:

@@ -45,6 +45,7 @@ class TrainSummary:
     image_size: str = ""  # the working size, e.g. "250 px (x1)"
     size_scores: dict[str, float] = field(default_factory=dict)  # validation score of each candidate size
     sparse_share: float = 1.0  # weight of the sparse-part maps against the code maps
+    residual_weight: float = 0.0  # weight of the residual-level maps relative to the code maps
     val_auroc: float = 0.0  # validation score of the combined map: mean pixel AUROC over defect families
     val_families: dict[str, float] = field(default_factory=dict)  # that map's pixel AUROC per defect family
     skipped: list[str] = field(default_factory=list)
@@ -112,7 +113,9 @@ def init_scale(images: list[torch.Tensor], config: Config, factor: int, candidat
     scale = Scale(factor, model)
     if cfg.score.bank_size:  # the codes do not depend on the layers: built once
         code_basis = axes.basis(cfg.score.code_energy, MAX_CODE_RANK)
-        scale.bank = build_bank(model.mean, code_basis, small, cfg.score.bank_size, p, cfg.train.seed, candidates)
+        scale.bank = build_bank(
+            model.mean, code_basis, small, cfg.score.bank_size, p, cfg.train.seed, candidates, subspace=model.basis
+        )
     return scale
 
 
@@ -303,9 +306,9 @@ def train(
         )
 
     components = component_maps(detector, validation.resized(shape))
-    weights, share, val_score = choose_weights(detector, validation, components)
-    detector.calibration = {"map_weights": weights}
-    validation_maps = detector.combine(torch.stack(components), weights)
+    mix = choose_weights(detector, validation, components)
+    detector.calibration = {"map_weights": mix.weights}
+    validation_maps = detector.combine(torch.stack(components), mix.weights)
     calibrate_detector(detector, fitting, held_out, validation_maps, validation)
     summary = TrainSummary(
         images=len(arrays),
@@ -318,8 +321,9 @@ def train(
         seconds=time.perf_counter() - started,
         image_size=size.label,
         size_scores=choice.scores,
-        sparse_share=share,
-        val_auroc=val_score,
+        sparse_share=mix.sparse_share,
+        residual_weight=mix.residual_weight,
+        val_auroc=mix.score,
         val_families=validation.score(validation_maps)[1],
         skipped=skipped,
     )

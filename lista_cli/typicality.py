@@ -12,6 +12,14 @@ unfolded layers, so training (which changes S) never changes this map.
 The bank is a greedy k-centre coreset (as in PatchCore) of the codes of the training
 patches at every pixel offset: it covers rare normal structures (a brick's horizontal
 mortar joint) that a random sample of the same size misses, so they are not flagged.
+
+A nearest-code distance only grows with "more than normal": a smudged patch (blurred, its
+grain gone) sits near the middle of the normal codes and scores *below* normal texture.
+So each bank code also keeps the residual level of the normal patches it stands for,
+l_j = mean log(||Q x||^2 / d + floor) (Q = I - U U^T: what the background subspace leaves
+unexplained, the grain), and the residual map scores |log(||Q x||^2 / d + floor) - l_j| at
+the nearest code j: grain lost (smudge, polish, blur) or grain gained where the code says
+the patch should look otherwise.
 """
 
 from __future__ import annotations
@@ -24,29 +32,58 @@ MAX_CODE_RANK = 32
 MAX_BANK_CANDIDATES = 200_000  # patches whose codes the bank's coreset is chosen from
 BANK_BAND_PATCHES = 65536  # patches unfolded at once while building a bank
 DISTANCE_BLOCK = 512  # patches per block: the (block, bank) matrix stays in cache (2.6x faster than 4096)
+# Added to the residual variance per pixel before its log: about the variance of 8-bit
+# quantisation noise ((1/255)^2 / 12), so dead-flat (clipped) patches do not score -inf.
+RESIDUAL_FLOOR = 1e-6
+
+
+def log_residual(centred: torch.Tensor, subspace: torch.Tensor) -> torch.Tensor:
+    """(..., d) centred patches x - mu -> (...,) log(||Q x||^2 / d + floor), Q = I - U U^T."""
+    residual = centred - (centred @ subspace) @ subspace.T
+    return torch.log(residual.square().mean(dim=-1) + RESIDUAL_FLOOR)
 
 
 class CodeBank(torch.nn.Module):
     """Normal patch codes (M, R) in the basis V (d, R), each with the radius (M,) of the
-    cell of training codes it stands for."""
+    cell of training codes it stands for and, when built with the background subspace, the
+    mean log residual level (M,) of those codes' patches (empty without)."""
 
-    def __init__(self, basis: torch.Tensor, codes: torch.Tensor, radii: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        basis: torch.Tensor,
+        codes: torch.Tensor,
+        radii: torch.Tensor | None = None,
+        residual_levels: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         self.register_buffer("basis", basis.clone().float())
         self.register_buffer("codes", codes.clone().float())
         self.register_buffer("radii", torch.ones(len(codes)) if radii is None else radii.clone().float())
+        levels = torch.zeros(0) if residual_levels is None else residual_levels.clone().float()
+        self.register_buffer("residual_levels", levels)
+
+    @property
+    def has_residual(self) -> bool:
+        """Whether the bank scores residual levels (banks from before them do not)."""
+        return len(self.residual_levels) > 0
 
     # Training only, not saved: the index of the image each code came from (leave-one-out).
     origins: torch.Tensor | None = None
 
     @classmethod
     def from_codes(
-        cls, basis: torch.Tensor, codes: torch.Tensor, size: int, origins: torch.Tensor | None = None
+        cls,
+        basis: torch.Tensor,
+        codes: torch.Tensor,
+        size: int,
+        origins: torch.Tensor | None = None,
+        residuals: torch.Tensor | None = None,
     ) -> CodeBank:
         """A bank of at most `size` codes that cover the (n, R) normal codes (k-centre
         coreset). Each centre's radius is the RMS distance of the codes nearest to it,
         floored at half the median radius (a centre that covers only itself has radius 0).
-        `origins` (n,): the image of each code, kept for `without`."""
+        `origins` (n,): the image of each code, kept for `without`; `residuals` (n,): each
+        code's log residual level, averaged over the codes each centre covers."""
         chosen = coreset(codes, size)
         centres = codes[chosen].float()
         owner, distance = _nearest(codes.float(), centres, torch.ones(len(centres)))
@@ -55,7 +92,11 @@ class CodeBank(torch.nn.Module):
         radii = (sums / counts.clamp(min=1)).sqrt()
         positive = radii[radii > 0]
         floor = 0.5 * float(positive.median()) if len(positive) else 1.0
-        bank = cls(basis, centres, radii.clamp(min=floor).float())
+        levels = None
+        if residuals is not None:  # every centre covers at least itself
+            levels = torch.zeros(len(centres), dtype=torch.float64).index_add_(0, owner, residuals.double())
+            levels = levels / counts.clamp(min=1)
+        bank = cls(basis, centres, radii.clamp(min=floor).float(), levels)
         bank.origins = None if origins is None else origins[chosen]
         return bank
 
@@ -65,7 +106,8 @@ class CodeBank(torch.nn.Module):
         keep = self.origins != image
         if not keep.any():
             return self
-        return CodeBank(self.basis, self.codes[keep], self.radii[keep])
+        levels = self.residual_levels[keep] if self.has_residual else None
+        return CodeBank(self.basis, self.codes[keep], self.radii[keep], levels)
 
     def distances(self, centred: torch.Tensor) -> torch.Tensor:
         """(B, N, d) centred patches x - mu -> (B, N) distance of each code to the nearest
@@ -83,6 +125,15 @@ class CodeBank(torch.nn.Module):
         """(n, R) codes -> (n,) distance to the nearest bank code in units of its cell radius."""
         return _nearest(codes, self.codes, self.radii)[1]
 
+    def nearest(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, R) codes -> (index of the nearest bank code, distance in units of its radius)."""
+        return _nearest(codes, self.codes, self.radii)
+
+    def residual_deviations(self, log_residuals: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """(n,) log residual levels of patches whose nearest bank codes are `index` ->
+        (n,) |level - the level normal patches of that code have|."""
+        return (log_residuals - self.residual_levels[index]).abs()
+
 
 @torch.inference_mode()
 def build_bank(
@@ -93,15 +144,17 @@ def build_bank(
     patch: int,
     seed: int,
     candidates: int = MAX_BANK_CANDIDATES,
+    subspace: torch.Tensor | None = None,
 ) -> CodeBank:
     """A coreset of at most `size` codes of the normal patches x - mu of `images`, taken at
     every pixel offset; past `candidates` patches, a seeded random share of each image's.
-    The bank remembers which image each code came from."""
+    The bank remembers which image each code came from and, given the background
+    `subspace` U (d, r), the residual level of each code's patches."""
     p = patch
     total = sum(max(0, t.shape[-2] - p + 1) * max(0, t.shape[-1] - p + 1) for t in images)
     share = min(1.0, candidates / max(total, 1))
     rng = torch.Generator().manual_seed(seed + 104729)
-    codes, origins = [], []
+    codes, origins, residuals = [], [], []
     for number, image in enumerate(images):
         height, width = image.shape[-2:]
         if min(height, width) < p:
@@ -113,7 +166,10 @@ def build_bank(
                 rows = rows[torch.randperm(len(rows), generator=rng)[: max(1, round(share * len(rows)))]]
             codes.append((rows - mean) @ basis)
             origins.append(torch.full((len(rows),), number, dtype=torch.long))
-    return CodeBank.from_codes(basis, torch.cat(codes), size, torch.cat(origins))
+            if subspace is not None:
+                residuals.append(log_residual(rows - mean, subspace))
+    levels = torch.cat(residuals) if subspace is not None else None
+    return CodeBank.from_codes(basis, torch.cat(codes), size, torch.cat(origins), levels)
 
 
 def _nearest(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -99,7 +99,12 @@ class ValidationSet:
         """(n, h, w) anomaly maps at any resolution -> (mean over families of the pixel
         AUROC, AUROC per family), the maps resized to the reference resolution first.
         Maps with NaN or infinite values (diverged layers) score 0."""
-        negatives, positives = self.sample(maps)
+        return self.score_sample(*self.sample(maps))
+
+    def score_sample(
+        self, negatives: torch.Tensor, positives: dict[str, torch.Tensor]
+    ) -> tuple[float, dict[str, float]]:
+        """`score` from the sampled map values (`sample`'s output)."""
         if not (negatives.isfinite().all() and all(v.isfinite().all() for v in positives.values())):
             return 0.0, dict.fromkeys(positives, 0.0)
         normal = negatives.sort().values

@@ -142,9 +142,10 @@ def test_multiscale_maps_add_every_scale(multiscale, rng):
     detector = load_checkpoint(multiscale)
     image = detector.prepare(texture(rng, 53, 61).astype(np.float32) / 255)
     components = detector.component_maps(image[None])
-    assert components.shape == (1, 6, *image.shape[-2:])  # ||s|| and code distance at 3 scales
-    assert all(float(components[0, i].abs().sum()) > 0 for i in range(6))
-    assert len(detector.map_weights) == 6
+    assert components.shape == (1, 9, *image.shape[-2:])  # ||s||, code distance, residual level at 3 scales
+    assert detector.kinds == ["sparse", "code", "residual"] * 3
+    assert all(float(components[0, i].abs().sum()) > 0 for i in range(9))
+    assert len(detector.map_weights) == 9
     expected = detector.combine(components)
     torch.testing.assert_close(detector.anomaly_maps(image[None]), expected)
 

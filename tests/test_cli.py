@@ -183,10 +183,21 @@ def test_checkpoint_keeps_the_code_bank_and_reads_formats_1_and_2(model, tmp_pat
     detector = load_checkpoint(model)
     bank = detector.scales[0].bank
     assert bank is not None and bank.codes.shape[1] == bank.basis.shape[1]
-    assert len(detector.map_weights) == 4 and all(w >= 0 for w in detector.map_weights)  # 2 maps x 2 scales
-    assert sum(detector.map_weights) > 0
+    assert len(detector.map_weights) == 6 and all(w >= 0 for w in detector.map_weights)  # 3 maps x 2 scales
+    assert sum(detector.map_weights) > 0 and bank.has_residual
     image = read_image(next((mvtec / "test" / "spot").iterdir()))
     with_bank = detector.detect_batch([image])[0].anomaly_map
+    # a file from before residual levels (format 3, two maps per scale) loads and scores with them
+    payload = torch.load(model, weights_only=True)
+    payload["format_version"] = 3
+    for entry in payload["scales"]:
+        del entry["bank"]["residual_levels"]
+    weights = payload["calibration"]["map_weights"]
+    payload["calibration"]["map_weights"] = [w for i, w in enumerate(weights) if i % 3 != 2]
+    torch.save(payload, tmp_path / "v3.pt")
+    v3 = load_checkpoint(tmp_path / "v3.pt")
+    assert v3.kinds == ["sparse", "code"] * 2 and not v3.scales[0].bank.has_residual
+    assert v3.detect_batch([image])[0].anomaly_map.shape == with_bank.shape
     # a format-2 file (banks without cell radii) loads with radius 1: plain nearest-code distances
     payload = torch.load(model, weights_only=True)
     payload["format_version"] = 2
@@ -314,8 +325,8 @@ def test_context_map_trains_saves_tiles_and_leaves_images_out(mvtec, tmp_path):
     result = runner.invoke(app, ["train", str(mvtec), "--out", str(model), *FAST, "--set", "score.context=true"])
     assert result.exit_code == 0, result.output
     detector = load_checkpoint(model)
-    assert detector.context is not None and detector.kinds == ["sparse", "code", "sparse", "code", "context"]
-    assert len(detector.map_weights) == 5
+    assert detector.context is not None and detector.kinds == ["sparse", "code", "residual"] * 2 + ["context"]
+    assert len(detector.map_weights) == 7
     image = read_image(next((mvtec / "test" / "spot").iterdir()))
     whole = detector.detect_batch([image])[0].anomaly_map
     assert whole.shape == (37, 45) and np.isfinite(whole).all()

@@ -1,32 +1,37 @@
-"""The mix of sparse-part and code maps is chosen on validation defects, and a fixed share is obeyed."""
+"""The mix of sparse-part, code and residual-level maps is chosen on validation defects, and
+fixed weights are obeyed."""
+
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from lista_cli.config import Config
-from lista_cli.mixing import SPARSE_SHARES, choose_weights, share_weights
+from lista_cli.mixing import RESIDUAL_WEIGHTS, SPARSE_SHARES, choose_weights, share_weights
 from lista_cli.pipeline import Detector, Scale
 from lista_cli.validation import sampled
 
 
-def _detector(share=None, scales=2):
+def _detector(share=None, scales=2, residual=False, residual_weight=None):
     config = Config()
     config.score.smooth_sigma = 0.0
     config.score.sparse_share = share
+    config.score.residual_weight = residual_weight
     # share_weights and combine read only the layout of the scales, not their models
-    return Detector([Scale(f, model=None, bank=object()) for f in range(1, scales + 1)], config, channels=1)
+    bank = SimpleNamespace(has_residual=residual)
+    return Detector([Scale(f, model=None, bank=bank) for f in range(1, scales + 1)], config, channels=1)
 
 
-def _validation(informative: str, count: int = 6, size: int = 24):
-    """Half clean, half with a square defect; one kind of map sees it, the other misleads."""
+def _validation(informative: str, count: int = 6, size: int = 24, kinds=("sparse", "code")):
+    """Half clean, half with a square defect; one kind of map sees it, the others mislead."""
     gen = torch.Generator().manual_seed(3)
     masks = torch.zeros(count, size, size, dtype=torch.bool)
     masks[count // 2 :, 8:14, 9:15] = True
     components = []
     for mask in masks:
-        noise = torch.rand(4, size, size, generator=gen) + 0.5 * (~mask).float()  # misleading maps
+        noise = torch.rand(2 * len(kinds), size, size, generator=gen) + 0.5 * (~mask).float()  # misleading maps
         signal = torch.rand(size, size, generator=gen) + 0.5 * mask.float()  # overlaps: any noise costs AUROC
-        which = (0, 2) if informative == "sparse" else (1, 3)  # per scale: [sparse, code]
+        which = [i for i in range(2 * len(kinds)) if kinds[i % len(kinds)] == informative]  # two scales
         for i in which:
             noise[i] = signal
         components.append(noise)
@@ -37,16 +42,28 @@ def _validation(informative: str, count: int = 6, size: int = 24):
 @pytest.mark.parametrize("informative, expected", [("sparse", 1.0), ("code", 0.0)])
 def test_the_informative_map_gets_the_whole_weight(informative, expected):
     components, validation = _validation(informative)
-    weights, share, auroc = choose_weights(_detector(), validation, components)
-    assert share == expected and 0.7 < auroc < 1.0
+    weights, share, residual, auroc = choose_weights(_detector(), validation, components)
+    assert share == expected and residual == 0.0 and 0.7 < auroc < 1.0
     zero = (1, 3) if informative == "sparse" else (0, 2)
     assert all(weights[i] == 0 for i in zero) and all(w > 0 for i, w in enumerate(weights) if i not in zero)
 
 
 def test_a_fixed_share_is_used_as_given():
     components, validation = _validation("code")
-    _, share, _ = choose_weights(_detector(share=0.75), validation, components)
-    assert share == 0.75
+    mix = choose_weights(_detector(share=0.75), validation, components)
+    assert mix.sparse_share == 0.75
+
+
+def test_an_informative_residual_map_gets_weight_and_a_misleading_one_none():
+    kinds = ("sparse", "code", "residual")
+    components, validation = _validation("residual", kinds=kinds)
+    mix = choose_weights(_detector(residual=True), validation, components)
+    assert mix.residual_weight == max(RESIDUAL_WEIGHTS) and mix.sparse_share == 0.0
+    assert [w > 0 for w in mix.weights] == [False, True, True] * 2  # code maps kept at 1 - share
+    components, validation = _validation("code", kinds=kinds)
+    assert choose_weights(_detector(residual=True), validation, components).residual_weight == 0.0
+    fixed = choose_weights(_detector(residual=True, residual_weight=0.25), validation, components)
+    assert fixed.residual_weight == 0.25
 
 
 def test_share_weights_scale_each_kind_of_map():
@@ -55,3 +72,24 @@ def test_share_weights_scale_each_kind_of_map():
     detector.scales[1].bank = None  # a scale without a code bank has one map
     assert share_weights(detector, [2.0, 4.0, 6.0], 0.25) == [0.5, 3.0, 1.5]
     assert SPARSE_SHARES[0] == 0.5 and {0.0, 1.0} <= set(SPARSE_SHARES)
+    detector = _detector(residual=True)  # per scale: sparse, code, residual
+    assert share_weights(detector, [2.0, 4.0, 6.0, 8.0, 10.0, 12.0], 0.25, 0.5) == [0.5, 3.0, 2.25, 2.0, 7.5, 4.5]
+    assert RESIDUAL_WEIGHTS[0] == 0.0  # off wins ties
+
+
+def test_the_mix_score_equals_scoring_the_combined_maps():
+    """choose_weights scores mixes from per-component samples; scoring the full combined
+    maps (smoothed, resized to the reference size) must give the same number."""
+    gen = torch.Generator().manual_seed(17)
+    count, size = 6, 30
+    masks = torch.zeros(count, size, size, dtype=torch.bool)
+    masks[3:, 5:17, 11:20] = True
+    validation = sampled(torch.zeros(count, 1, size, size), masks, [None] * 3 + ["a", "b", "a"], seed=1)
+    detector = _detector(residual=True)
+    detector.config.score.smooth_sigma = 1.5
+    components = [torch.rand(6, 17, 23, generator=gen) for _ in range(count)]  # not the reference size
+    for index in range(3, count):
+        components[index][:, 3:10, 8:14] += torch.rand(6, 1, 1, generator=gen)
+    mix = choose_weights(detector, validation, components)
+    direct, _ = validation.score(detector.combine(torch.stack(components), mix.weights))
+    assert mix.score == pytest.approx(direct, abs=1e-6)

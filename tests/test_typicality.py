@@ -107,3 +107,29 @@ def test_leaving_an_image_out_drops_exactly_its_codes():
     others = torch.cat([(typicality.patches.unfold(images[i][None], 8, 1)[0] - mean) @ basis for i in (0, 2)])
     torch.testing.assert_close(alone.codes.sort(dim=0).values, others.sort(dim=0).values)
     assert float(alone.distances(rows[None]).min()) > 0
+
+
+def test_residual_levels_equal_a_float64_reference_per_cell():
+    gen = torch.Generator().manual_seed(21)
+    images = [torch.rand(1, 23, 18, generator=gen) for _ in range(2)]
+    mean = torch.rand(64, generator=gen)
+    code_basis = torch.linalg.qr(torch.randn(64, 6, generator=gen))[0]
+    subspace = torch.linalg.qr(torch.randn(64, 3, generator=gen))[0]
+    bank = typicality.build_bank(mean, code_basis, images, 29, 8, 0, subspace=subspace)
+    rows = torch.cat([typicality.patches.unfold(t[None], 8, 1)[0] for t in images]).double() - mean.double()
+    projector = torch.eye(64, dtype=torch.float64) - subspace.double() @ subspace.double().T  # dense Q
+    levels = np.log(((rows @ projector).square().mean(1) + typicality.RESIDUAL_FLOOR).numpy())
+    codes, centres = (rows @ code_basis.double()).numpy(), bank.codes.double().numpy()
+    owner = np.sqrt(((codes[:, None] - centres[None]) ** 2).sum(-1)).argmin(1)
+    expected = [levels[owner == j].mean() for j in range(len(centres))]
+    np.testing.assert_allclose(bank.residual_levels.numpy(), expected, rtol=1e-4, atol=1e-4)
+    # scoring a patch: |its level - its nearest code's level|, whether its grain is lost or added
+    centred = rows[:5].float()
+    index, _ = bank.nearest(bank.codes_of(centred))
+    flat = centred @ subspace @ subspace.T  # the grain removed: the subspace explains it all
+    for patch, expected_sign in ((flat, -1), (centred + 3 * (flat - centred), 1)):
+        got = bank.residual_deviations(typicality.log_residual(patch, subspace), index)
+        level = torch.log((patch - patch @ subspace @ subspace.T).square().mean(1) + typicality.RESIDUAL_FLOOR)
+        torch.testing.assert_close(got, (level - bank.residual_levels[index]).abs())
+        assert (expected_sign * (level - bank.residual_levels[index]) > 1).all()  # far from normal, both ways
+    assert not CodeBank(code_basis, bank.codes).has_residual and bank.without(0).has_residual
