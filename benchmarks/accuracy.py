@@ -4,8 +4,10 @@ For every category folder under ../shared/data (the 8 PIPED paper types, brick, 
 trains the default config (plus any --set overrides) on train/good, evaluates on test/ and
 times `detect` end to end (read, model, write every output). Per set and per defect kind:
 pixel AUROC, image AUROC, AUPRO (FPR <= 0.3), image F1 at the calibrated threshold, image
-F1-max, the share of good test images flagged, training seconds and detect images/s. Then
-the worst set (lowest of each column) and the mean. Defaults are chosen on the worst set.
+F1-max, the share of good test images flagged, the share of ground-truth defect regions a
+predicted region touches and the predicted regions per good image (also for other
+score.min_region values), training seconds and detect images/s. Then the worst set (lowest
+of each column) and the mean. Defaults are chosen on the worst set.
 
     python benchmarks/accuracy.py                                 # every set
     python benchmarks/accuracy.py --only brick kolektor --set data.image_size=256
@@ -28,7 +30,7 @@ import torch
 from lista_cli.checkpoint import load_checkpoint
 from lista_cli.config import load_config
 from lista_cli.detect import detect
-from lista_cli.evaluate import evaluate
+from lista_cli.evaluate import evaluate, region_metrics, score_dataset
 from lista_cli.inputs import collect_inputs
 from lista_cli.train import train
 
@@ -40,10 +42,13 @@ COLUMNS = [
     ("image_f1_calibrated", "image F1 at threshold", "{:.3f}"),
     ("image_f1_max", "image F1-max", "{:.3f}"),
     ("good_flagged", "good flagged", "{:.0%}"),
+    ("region_recall", "defect regions hit", "{:.0%}"),
+    ("regions_per_good_image", "regions per good image", "{:.2f}"),
     ("train_seconds", "train s", "{:.1f}"),
     ("detect_images_per_second", "detect img/s", "{:.1f}"),
 ]
-WORST_IS_HIGH = {"good_flagged", "train_seconds"}  # for these columns the worst set is the largest
+WORST_IS_HIGH = {"good_flagged", "regions_per_good_image", "train_seconds"}  # worst = the largest
+MIN_REGIONS = (0, 16, 64, 256)  # score.min_region values whose regions are also reported
 
 
 def datasets(paths: list[Path]) -> list[Path]:
@@ -66,6 +71,8 @@ def run(folder: Path, overrides: list[str], work: Path) -> dict:
     train_seconds = time.perf_counter() - started
     detector = load_checkpoint(model_path)
     report = evaluate(detector, folder)
+    _, _, maps, masks, _, _ = score_dataset(detector, folder)
+    by_min_region = {m: region_metrics(detector, maps, masks, m) for m in MIN_REGIONS}
     inputs = collect_inputs([str(folder / "test")]).images
     result = detect(detector, inputs, work / "out")
     row = {key: report[key] for key, _, _ in COLUMNS if key in report}
@@ -74,6 +81,7 @@ def run(folder: Path, overrides: list[str], work: Path) -> dict:
         detect_images_per_second=result.processed / result.seconds,
         summary={k: v for k, v in summary.__dict__.items() if k != "skipped"},
         kinds={kind: {key: m[key] for key, _, _ in COLUMNS if key in m} for kind, m in report["kinds"].items()},
+        by_min_region=by_min_region,
     )
     return row
 
@@ -116,6 +124,19 @@ def kind_tables(results: dict[str, dict]) -> None:
             print(f"| {kind} | " + " | ".join(cell(metrics, key, fmt) for key, _, fmt in keys) + " |")
 
 
+def region_table(results: dict[str, dict]) -> None:
+    """Defect regions hit / regions per good image for each candidate score.min_region."""
+    print("\n#### regions by score.min_region (defect regions hit / regions per good image)\n")
+    print("| set | " + " | ".join(f"{m} px" for m in MIN_REGIONS) + " |")
+    print("|---|" + "---|" * len(MIN_REGIONS))
+    for name, row in results.items():
+        cells = [
+            f"{cell(r, 'region_recall', '{:.0%}')} / {cell(r, 'regions_per_good_image', '{:.2f}')}"
+            for r in (row["by_min_region"][m] for m in MIN_REGIONS)
+        ]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, nargs="+", default=[SHARED])
@@ -148,6 +169,7 @@ def main() -> None:
     for name, rows in results.items():
         print(f"\n### {name} ({' '.join(variants[name]) or 'default config'})\n")
         table(rows)
+        region_table(rows)
         kind_tables(rows)
     print(f"\nmachine: {machine}")
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -50,7 +50,7 @@ def synthetic_defects(detector, folder: Path, copies: int = 3):
 
 @torch.inference_mode()
 def measure(detector, folder: Path, synthetic) -> dict:
-    items, scores, maps, masks = score_dataset(detector, folder)
+    items, scores, maps, masks, _, _ = score_dataset(detector, folder)
     pixel = roc_auc(np.concatenate([m.ravel() for m in masks]), np.concatenate([m.ravel() for m in maps]))
     error = signal = 0.0
     started = time.perf_counter()

@@ -73,7 +73,8 @@ def _rebuild_scales(payload: dict[str, Any], config: Config, device: str | torch
         model = build_model(state["mean"], state["basis"], config.model, learn=False)
         model.load_state_dict(state)
         bank = entry.get("bank")
-        bank = None if bank is None else CodeBank(bank["basis"], bank["codes"], bank.get("radii"), bank.get("residual_levels"))
+        if bank is not None:
+            bank = CodeBank(bank["basis"], bank["codes"], bank.get("radii"), bank.get("residual_levels"))
         scales.append(Scale(int(entry["factor"]), model.eval().to(device), None if bank is None else bank.to(device)))
     return scales
 

@@ -239,13 +239,18 @@ def detect(
         bool, typer.Option("--skip-existing", help="Resume: skip images whose outputs and scores row exist.")
     ] = False,
     batch: Annotated[int, typer.Option("--batch", help="Images per model batch.", min=1)] = 16,
+    threshold: Annotated[
+        float | None,
+        typer.Option("--threshold", help="Image threshold for this run instead of the model's (a raw score).", min=0),
+    ] = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
     threads: ThreadsOpt = 0,
     device: DeviceOpt = "auto",
     debug: DebugOpt = False,
 ) -> None:
-    """Score images: write <stem>_heatmap.png, <stem>_mask.png, <stem>_map.npy and scores.csv.
+    """Score images: write <stem>_heatmap.png (regions outlined), <stem>_mask.png,
+    <stem>_map.npy, a row per image in scores.csv and one per defect region in regions.csv.
 
     Exit 0 when every image was processed; 3 when some failed (the rest were processed;
     failures on stderr and in failures.csv); 1 when nothing could start (bad model,
@@ -255,12 +260,17 @@ def detect(
         from .checkpoint import load_checkpoint
         from .detect import check_output_dir, failures_path, scores_path, write_failures
         from .detect import detect as run_detect
+        from .errors import ListaError
         from .inputs import parse_shard, select_shard
 
         shard_spec = parse_shard(shard)
         found = _gather_inputs(inputs, recursive, ext)
         check_output_dir(out)
         detector = load_checkpoint(model, _device(device))
+        if threshold is not None:
+            if threshold <= 0:
+                raise ListaError(f"--threshold {threshold:g}: expected a score above 0")
+            detector.calibration["threshold"] = threshold
         images = select_shard(found.images, shard_spec)
         with _progress(quiet) as progress:
             task = progress.add_task("detect", total=len(images), info="")
@@ -289,6 +299,72 @@ def detect(
             )
         if failures:
             raise typer.Exit(EXIT_PARTIAL)
+
+
+@app.command("threshold")
+def threshold_command(
+    model: Annotated[Path, typer.Argument(help="Model file from `lista train`.")],
+    data: Annotated[
+        Path,
+        typer.Argument(help="Folder of normal images, or an MVTec category folder (test/good, test/<kind>, masks)."),
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the model with the new thresholds here.")
+    ] = None,
+    in_place: Annotated[bool, typer.Option("--in-place", help="Overwrite MODEL instead of writing --out.")] = False,
+    max_fpr: Annotated[
+        float | None, typer.Option("--max-fpr", help="Largest share of normal images flagged, e.g. 0.01.")
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option("--target", help="f1 or recall=R on the defective images of an MVTec folder.")
+    ] = None,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+    threads: ThreadsOpt = 0,
+    device: DeviceOpt = "auto",
+    debug: DebugOpt = False,
+) -> None:
+    """Set the image and mask thresholds from example images and write a new model file.
+
+    --max-fpr caps the share of normal images flagged; --target f1|recall=R (needs an
+    MVTec-style folder with defects) picks the best F1 or the highest threshold reaching
+    that recall; both together must be met at once. Prints the false-positive rate and
+    recall with the counts they rest on."""
+    with _errors(debug):
+        _setup_torch(threads)
+        from .errors import ListaError
+        from .thresholds import parse_target, set_thresholds
+
+        if in_place and out is not None:
+            raise ListaError("give --out or --in-place, not both")
+        if not in_place and out is None:
+            raise ListaError("give --out NEW (or --in-place to overwrite the model file)")
+        destination = model if in_place else out
+        if not in_place and destination.resolve() == model.resolve():
+            raise ListaError(f"--out {out} is the model file itself; use --in-place to overwrite it")
+        report = set_thresholds(model, data, destination, max_fpr, parse_target(target), _device(device))
+        if json_out:
+            print(
+                json.dumps({"model": str(destination), **report.__dict__, "fpr": report.fpr, "recall": report.recall})
+            )
+        if not quiet:
+            err.print(
+                f"image threshold {report.previous_threshold:.6g} -> {report.threshold:.6g}, mask threshold"
+                f" {report.previous_pixel_threshold:.6g} -> {report.pixel_threshold:.6g}",
+                highlight=False,
+            )
+            err.print(
+                f"  normal images flagged: {report.normal_flagged} of {report.normal_images}"
+                + (f" (false-positive rate {report.fpr:.1%})" if report.normal_images else ""),
+                highlight=False,
+            )
+            if report.defective_images:
+                err.print(
+                    f"  defective images found: {report.defective_found} of {report.defective_images}"
+                    f" (recall {report.recall:.1%})",
+                    highlight=False,
+                )
+            err.print(f"wrote {destination}", highlight=False)
 
 
 @app.command("merge-scores")

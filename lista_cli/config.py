@@ -97,6 +97,7 @@ class ScoreConfig:
     top_k: float = _opt(0.01, low=0.0, high=1.0, open_low=True)
     threshold_quantile: float = _opt(0.95, low=0.0, high=1.0)
     threshold_margin: float = _opt(1.1, low=0.0, open_low=True)
+    min_region: int = _opt(0, low=0)
     bank_size: int = _opt(2048, low=0)
     code_energy: float = _opt(0.97, low=0.0, high=1.0, open_low=True, open_high=True)
     sparse_share: float | None = _opt(None, low=0.0, high=1.0)

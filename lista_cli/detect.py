@@ -1,8 +1,10 @@
-"""`lista detect`: score images with a trained model, write maps, masks and a scores file.
+"""`lista detect`: score images with a trained model, write maps, masks, a scores file and a
+regions file.
 
-Resumable: every output file is written atomically, the raw map last, and each image's
-row is appended to the scores file and flushed as soon as its outputs exist. With
-`skip_existing`, images that have a row and all three files are not scored again.
+Resumable: every output file is written atomically, the raw map last; then the image's
+region rows are appended to the regions file and its row to the scores file, each flushed.
+With `skip_existing`, images that have a scores row and all three files are not scored
+again, and region rows of images without a scores row (a run killed in between) are dropped.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from .errors import ListaError
 from .imageio import ImageError, atomic_write, read_image
 from .inputs import InputImage, shard_suffix
 from .pipeline import Detector
+from .regions import REGION_COLUMNS
 from .writer import output_paths, write_outputs
 
 SCORE_COLUMNS = ["image", "score", "normalized_score", "anomalous", "heatmap", "mask", "map"]
+REGION_FILE_COLUMNS = ["image", "region", *REGION_COLUMNS]
 
 
 class OutputError(ListaError):
@@ -56,6 +60,26 @@ def scores_path(out_dir: Path, shard: tuple[int, int] | None = None) -> Path:
 
 def failures_path(out_dir: Path, shard: tuple[int, int] | None = None) -> Path:
     return out_dir / f"failures{shard_suffix(shard)}.csv"
+
+
+def regions_path(out_dir: Path, shard: tuple[int, int] | None = None) -> Path:
+    return out_dir / f"regions{shard_suffix(shard)}.csv"
+
+
+def _open_regions(path: Path, done: set[str]) -> io.TextIOWrapper:
+    """Open the regions file for appending, keeping only the rows of images in `done` (those
+    with a scores row); without `done` (a fresh run) start a new file."""
+    rows: list[list[str]] = []
+    if done and path.exists():
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            if next(reader, None) != REGION_FILE_COLUMNS:
+                raise OutputError(f"{path}: exists but is not a lista regions file; remove it or choose another --out")
+            rows = [row for row in reader if len(row) == len(REGION_FILE_COLUMNS) and row[0] in done]
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows([REGION_FILE_COLUMNS, *rows])
+    atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"))
+    return open(path, "a", newline="", encoding="utf-8")
 
 
 def _open_scores(path: Path, resume: bool) -> tuple[io.TextIOWrapper, set[str]]:
@@ -132,8 +156,9 @@ def detect(
     if skip_existing:
         remove_stale_temporaries(out_dir, images)
     handle, done = _open_scores(scores_path(out_dir, shard), skip_existing)
-    with handle:
+    with handle, _open_regions(regions_path(out_dir, shard), done) as region_handle:
         scores = csv.writer(handle)
+        region_rows = csv.writer(region_handle)
         for start in range(0, len(images), batch):
             chunk = images[start : start + batch]
             loaded = []
@@ -162,7 +187,8 @@ def detect(
                 loaded.append((item, array, paths))
             results = detector.detect_batch([array for _, array, _ in loaded]) if loaded else []
             for (item, array, paths), result in zip(loaded, results, strict=True):
-                write_outputs(paths, array, result.anomaly_map, threshold, detector.mask(result))
+                write_outputs(paths, array, result.anomaly_map, threshold, result.mask)
+                regions = [region.as_dict() for region in result.regions]
                 row = {
                     "image": str(item.path),
                     "score": round(result.score, 8),
@@ -170,8 +196,14 @@ def detect(
                     "anomalous": bool(result.anomalous),
                     **{key: path.relative_to(out_dir).as_posix() for key, path in paths.items()},
                 }
+                region_rows.writerows(
+                    [str(item.path), number, *(region[c] for c in REGION_COLUMNS)]
+                    for number, region in enumerate(regions, start=1)
+                )
+                region_handle.flush()
                 scores.writerow([row[c] for c in SCORE_COLUMNS])
                 handle.flush()
+                row["regions"] = regions
                 summary.processed += 1
                 summary.anomalous += int(result.anomalous)
                 if on_result:
@@ -215,6 +247,7 @@ def merge_scores(out_dir: Path) -> tuple[int, int]:
     writer.writerow(SCORE_COLUMNS)
     writer.writerows(sorted(rows.values()))
     atomic_write(scores_path(out_dir), lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"))
+    _merge_regions(out_dir, total, set(rows))
     failures = []
     for index in range(total):
         path = failures_path(out_dir, (index, total))
@@ -224,3 +257,22 @@ def merge_scores(out_dir: Path) -> tuple[int, int]:
     if failures:
         write_failures(failures_path(out_dir), [tuple(f) for f in failures])
     return len(rows), total
+
+
+def _merge_regions(out_dir: Path, total: int, scored: set[str]) -> None:
+    """Join regions.shard-I-of-N.csv into regions.csv: the rows of images that have a scores
+    row, in image order (shards from before regions files have none)."""
+    rows: list[list[str]] = []
+    for index in range(total):
+        path = regions_path(out_dir, (index, total))
+        if not path.exists():
+            continue
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            if next(reader, None) != REGION_FILE_COLUMNS:
+                raise OutputError(f"{path}: not a lista regions file")
+            rows.extend(row for row in reader if len(row) == len(REGION_FILE_COLUMNS) and row[0] in scored)
+    rows.sort(key=lambda row: (row[0], int(row[1])))
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows([REGION_FILE_COLUMNS, *rows])
+    atomic_write(regions_path(out_dir), lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"))

@@ -11,14 +11,16 @@ from .dataset import TestImage, test_images
 from .imageio import read_image
 from .metrics import aupro, f1_at, f1_max, roc_auc
 from .pipeline import Detector
+from .regions import label_regions
 
 
 def score_dataset(
     detector: Detector, root: Path, batch: int = 16
-) -> tuple[list[TestImage], np.ndarray, list[np.ndarray], list[np.ndarray]]:
-    """-> (items, image scores (n,), maps [(H, W)], ground-truth masks [(H, W) bool])."""
+) -> tuple[list[TestImage], np.ndarray, list[np.ndarray], list[np.ndarray], np.ndarray, list[np.ndarray]]:
+    """-> (items, image scores (n,), maps [(H, W)], ground-truth masks [(H, W) bool],
+    anomalous decisions (n,) and predicted masks [(H, W) bool], as detect writes them)."""
     items = test_images(root)
-    scores, maps, masks = [], [], []
+    scores, maps, masks, decisions, predicted = [], [], [], [], []
     for start in range(0, len(items), batch):
         chunk = items[start : start + batch]
         arrays = [read_image(item.path) for item in chunk]
@@ -26,7 +28,9 @@ def score_dataset(
             scores.append(result.score)
             maps.append(result.anomaly_map)
             masks.append(item.mask(array.shape[:2]))
-    return items, np.array(scores), maps, masks
+            decisions.append(result.anomalous)
+            predicted.append(result.mask)
+    return items, np.array(scores), maps, masks, np.array(decisions, dtype=bool), predicted
 
 
 def metrics(
@@ -34,16 +38,13 @@ def metrics(
     scores: np.ndarray,
     maps: list[np.ndarray],
     masks: list[np.ndarray],
-    threshold: float,
-    pixel_threshold: float,
+    decisions: np.ndarray,
+    predicted: list[np.ndarray],
 ) -> dict[str, Any]:
-    """Image AUROC, pixel AUROC, AUPRO (FPR <= 0.3), F1-max (image, pixel) and F1 at the
-    calibrated thresholds (pixels: the masks detect writes, empty in normal-scored images)."""
+    """Image AUROC, pixel AUROC, AUPRO (FPR <= 0.3), F1-max (image, pixel) and F1 of the
+    model's own decisions (images flagged anomalous; pixels in the masks detect writes)."""
     pixel_labels = np.concatenate([m.ravel() for m in masks])
     pixel_scores = np.concatenate([m.ravel() for m in maps])
-    predicted = np.concatenate(
-        [(m >= pixel_threshold).ravel() & (s >= threshold) for m, s in zip(maps, scores, strict=True)]
-    )
     image_f1, image_t = f1_max(labels, scores)
     pixel_f1, pixel_t = f1_max(pixel_labels, pixel_scores)
     return {
@@ -56,27 +57,58 @@ def metrics(
         "image_f1_threshold": image_t,
         "pixel_f1_max": pixel_f1,
         "pixel_f1_threshold": pixel_t,
-        "image_f1_calibrated": f1_at(labels, scores, threshold),
-        "pixel_f1_calibrated": f1_at(pixel_labels, predicted, True),
+        "image_f1_calibrated": f1_at(labels, decisions, True),
+        "pixel_f1_calibrated": f1_at(pixel_labels, np.concatenate([m.ravel() for m in predicted]), True),
+    }
+
+
+def region_metrics(
+    detector: Detector, maps: list[np.ndarray], masks: list[np.ndarray], min_region: int | None = None
+) -> dict[str, float]:
+    """How the predicted regions (as detect draws them) meet the ground truth: the share of
+    ground-truth regions (4-connected) that a predicted region touches, the predicted
+    regions per good image, and per image the predicted regions that touch no defect."""
+    truth, hit, false_regions, good_regions, good_images = 0, 0, 0, 0, 0
+    for score_map, mask in zip(maps, masks, strict=True):
+        result = detector.decide(score_map, min_region)
+        labels, count = label_regions(mask)
+        truth += count
+        hit += len(np.setdiff1d(np.unique(labels[result.mask]), [0]))
+        predicted, predicted_count = label_regions(result.mask)
+        touching = len(np.setdiff1d(np.unique(predicted[mask]), [0]))
+        false_regions += predicted_count - touching
+        if not mask.any():
+            good_images += 1
+            good_regions += predicted_count
+    return {
+        "region_recall": hit / truth if truth else float("nan"),
+        "regions_per_good_image": good_regions / good_images if good_images else float("nan"),
+        "false_regions_per_image": false_regions / max(len(maps), 1),
     }
 
 
 def evaluate(detector: Detector, root: Path) -> dict[str, Any]:
     """Overall metrics and, per defect kind, the metrics on that kind plus the good images."""
-    items, scores, maps, masks = score_dataset(detector, root)
+    items, scores, maps, masks, decisions, predicted = score_dataset(detector, root)
     labels = np.array([item.is_anomalous for item in items])
-    threshold, pixel_level = detector.threshold, detector.pixel_threshold
     report = {
         "dataset": str(root),
-        "threshold": threshold,
-        "pixel_threshold": pixel_level,
-        **metrics(labels, scores, maps, masks, threshold, pixel_level),
+        "threshold": detector.threshold,
+        "pixel_threshold": detector.pixel_threshold,
+        "min_region": detector.config.score.min_region,
+        **metrics(labels, scores, maps, masks, decisions, predicted),
     }
-    report["good_flagged"] = float(np.mean(scores[~labels] >= threshold)) if (~labels).any() else float("nan")
+    report["good_flagged"] = float(np.mean(decisions[~labels])) if (~labels).any() else float("nan")
+    report.update(region_metrics(detector, maps, masks))
     report["kinds"] = {}
     for kind in sorted({item.kind for item in items} - {"good"}):
         pick = [i for i, item in enumerate(items) if item.kind in (kind, "good")]
         report["kinds"][kind] = metrics(
-            labels[pick], scores[pick], [maps[i] for i in pick], [masks[i] for i in pick], threshold, pixel_level
+            labels[pick],
+            scores[pick],
+            [maps[i] for i in pick],
+            [masks[i] for i in pick],
+            decisions[pick],
+            [predicted[i] for i in pick],
         )
     return report

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .regions import label_regions
+
 
 def _flat(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     labels = np.asarray(labels).ravel().astype(bool)
@@ -58,27 +60,6 @@ def f1_at(labels: np.ndarray, scores: np.ndarray, threshold: float) -> float:
     true_pos = np.sum(predicted & labels)
     denominator = predicted.sum() + labels.sum()
     return float(2 * true_pos / denominator) if denominator else float("nan")
-
-
-def label_regions(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """4-connected components of a bool (H, W) mask -> (labels 1..n, 0 = background), n."""
-    mask = np.asarray(mask, dtype=bool)
-    labels = np.zeros(mask.shape, dtype=np.int32)
-    height, width = mask.shape
-    count = 0
-    for start in zip(*np.nonzero(mask), strict=True):
-        if labels[start]:
-            continue
-        count += 1
-        labels[start] = count
-        stack = [start]
-        while stack:
-            y, x = stack.pop()
-            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
-                if 0 <= ny < height and 0 <= nx < width and mask[ny, nx] and not labels[ny, nx]:
-                    labels[ny, nx] = count
-                    stack.append((ny, nx))
-    return labels, count
 
 
 def aupro(masks: list[np.ndarray], maps: list[np.ndarray], max_fpr: float = 0.3) -> float:

@@ -15,16 +15,21 @@ from .config import Config
 from .context import ContextBank
 from .imageio import ImageError, resized_shape, to_channels
 from .model import UnfoldedISTA
+from .regions import Region, find_regions
 from .typicality import CodeBank, log_residual
 
 
 class Result(NamedTuple):
-    """Detection result of one image; `anomaly_map` has the input's own height and width."""
+    """Detection result of one image; `anomaly_map` and `mask` have the input's own height and
+    width. The image is anomalous exactly when it has a region; the mask is the union of its
+    regions (empty otherwise)."""
 
     score: float
     normalized_score: float
     anomalous: bool
     anomaly_map: np.ndarray  # (H, W) float32
+    mask: np.ndarray  # (H, W) bool
+    regions: list[Region]
 
 
 def working_shape(height: int, width: int, image_size: int | None, factor: float | None = None) -> tuple[int, int]:
@@ -263,12 +268,19 @@ class Detector:
         (at most the image threshold; models before it had one threshold for both)."""
         return min(float(self.calibration.get("pixel_threshold", self.threshold)), self.threshold)
 
-    def mask(self, result: Result) -> np.ndarray:
-        """(H, W) bool defect mask of a result: empty unless the image is anomalous, so an
-        image is anomalous exactly when its mask is not empty."""
-        if not result.anomalous:
-            return np.zeros(result.anomaly_map.shape, dtype=bool)
-        return result.anomaly_map >= self.pixel_threshold
+    def decide(self, anomaly_map: np.ndarray, min_region: int | None = None) -> Result:
+        """The result of one (H, W) map at the input's own size. An image whose score (the
+        map's maximum) reaches the image threshold gets the regions of its pixels at or above
+        the mask threshold that have at least `min_region` (default `score.min_region`) px;
+        it is anomalous when at least one is left. Score, regions and mask all come from
+        this one map."""
+        score = float(self.image_scores(torch.from_numpy(anomaly_map)[None])[0])
+        normalized = score / self.threshold
+        mask, regions = np.zeros(anomaly_map.shape, dtype=bool), []
+        if normalized >= 1.0:
+            smallest = self.config.score.min_region if min_region is None else min_region
+            mask, regions = find_regions(anomaly_map, anomaly_map >= self.pixel_threshold, smallest)
+        return Result(score, normalized, bool(regions), anomaly_map, mask, regions)
 
     @torch.inference_mode()
     def detect_batch(self, arrays: list[np.ndarray]) -> list[Result]:
@@ -292,9 +304,5 @@ class Detector:
                     full = F.interpolate(full[None, None], size=(height, width), mode="bilinear", align_corners=False)[
                         0, 0
                     ]
-                # The score comes from the map at the input's own size, the map the mask is cut
-                # from: an image is anomalous exactly when its mask is not empty.
-                score = float(self.image_scores(full[None])[0])
-                normalized = score / self.threshold
-                results[index] = Result(score, normalized, normalized >= 1.0, full.float().cpu().numpy())
+                results[index] = self.decide(full.float().cpu().numpy())
         return results  # type: ignore[return-value]

@@ -33,8 +33,21 @@ def colourise(anomaly_map: np.ndarray, threshold: float) -> np.ndarray:
     return _LUT[(level * 255).astype(np.uint8)]
 
 
-def heatmap_overlay(image: np.ndarray, anomaly_map: np.ndarray, threshold: float, rows: int = 512) -> np.ndarray:
-    """Blend the colourised map over the (H, W, C) image in [0, 1] -> (H, W, 3) uint8.
+OUTLINE = np.array([0, 255, 255], dtype=np.uint8)  # cyan: apart from every colour of the map
+
+
+def outline(mask: np.ndarray) -> np.ndarray:
+    """(H, W) bool -> the mask's pixels that have a 4-neighbour outside it (or the image edge)."""
+    inner = np.zeros_like(mask)
+    inner[1:-1, 1:-1] = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+    return mask & ~inner
+
+
+def heatmap_overlay(
+    image: np.ndarray, anomaly_map: np.ndarray, threshold: float, mask: np.ndarray | None = None, rows: int = 512
+) -> np.ndarray:
+    """Blend the colourised map over the (H, W, C) image in [0, 1] -> (H, W, 3) uint8, with
+    the outline of each region of `mask` drawn in cyan.
 
     Done in bands of `rows` rows, so a huge image needs little memory beyond the output."""
     out = np.empty(anomaly_map.shape + (3,), dtype=np.uint8)
@@ -44,6 +57,8 @@ def heatmap_overlay(image: np.ndarray, anomaly_map: np.ndarray, threshold: float
             band = np.repeat(band, 3, axis=-1)
         colours = colourise(anomaly_map[top : top + rows], threshold)
         out[top : top + rows] = np.clip(127.5 * band + 0.5 * colours, 0, 255).astype(np.uint8)
+    if mask is not None and mask.any():
+        out[outline(mask)] = OUTLINE
     return out
 
 
@@ -60,6 +75,6 @@ def write_outputs(
     paths: dict[str, Path], image: np.ndarray, anomaly_map: np.ndarray, threshold: float, mask: np.ndarray
 ) -> None:
     """Write the three files, each atomically; the raw map last, as the mark of completion."""
-    save_png(paths["heatmap"], heatmap_overlay(image, anomaly_map, threshold))
+    save_png(paths["heatmap"], heatmap_overlay(image, anomaly_map, threshold, mask))
     save_png(paths["mask"], np.where(mask, 255, 0).astype(np.uint8))
     save_npy(paths["map"], anomaly_map.astype(np.float32))

@@ -159,3 +159,40 @@ def test_output_names_stay_inside_out(setup, tmp_path):
     summary = detect(detector, [sneaky], tmp_path / "out")
     assert summary.processed == 0 and "would leave the output folder" in summary.failures[0][1]
     assert not list(tmp_path.parent.glob("escaped*"))
+
+
+def _region_rows(path):
+    return sorted(tuple(row) for row in list(csv.reader(open(path)))[1:])
+
+
+def test_regions_file_matches_masks_and_survives_shards_and_resume(setup, tmp_path):
+    from lista_cli.regions import label_regions
+
+    model, images = setup
+    detector = load_checkpoint(model)
+    detector.calibration["threshold"] = detector.calibration["pixel_threshold"] = 0.3 * detector.threshold
+    found = collect_inputs([str(images)]).images
+    whole = tmp_path / "whole"
+    detect(detector, found, whole)
+    rows = _region_rows(whole / "regions.csv")
+    scores = _scores(whole / "scores.csv")
+    assert rows and {row[0] for row in rows} == {k for k, v in scores.items() if v["anomalous"] == "True"}
+    for image, row in scores.items():  # regions = the connected parts of the mask PNG
+        mask = np.asarray(Image.open(whole / row["mask"])) > 0
+        mine = [r for r in rows if r[0] == image]
+        assert label_regions(mask)[1] == len(mine) and mask.sum() == sum(int(r[6]) for r in mine)
+    # a kill after an image's region rows but before its scores row: resume writes them once
+    out = tmp_path / "out"
+    detect(detector, found[:10], out)
+    text = (out / "scores.csv").read_text().splitlines(keepends=True)
+    (out / "scores.csv").write_text("".join(text[:-1]))
+    detect(detector, found, out, skip_existing=True)
+    assert _region_rows(out / "regions.csv") == rows
+    # shards merge into the same regions file
+    sharded = tmp_path / "sharded"
+    for index in range(3):
+        detect(detector, select_shard(found, (index, 3)), sharded, shard=(index, 3))
+    from lista_cli.detect import merge_scores
+
+    merge_scores(sharded)
+    assert _region_rows(sharded / "regions.csv") == rows
