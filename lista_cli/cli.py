@@ -243,6 +243,9 @@ def detect(
         float | None,
         typer.Option("--threshold", help="Image threshold for this run instead of the model's (a raw score).", min=0),
     ] = None,
+    report: Annotated[
+        bool, typer.Option("--report", help="Also write DIR/report.html (needs lista-cli[report]).")
+    ] = False,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
     threads: ThreadsOpt = 0,
@@ -264,6 +267,12 @@ def detect(
         from .inputs import parse_shard, select_shard
 
         shard_spec = parse_shard(shard)
+        if report:
+            if shard_spec is not None:
+                raise ListaError("--report needs the whole batch: run lista report DIR after merge-scores")
+            from .report import _libraries
+
+            _libraries()  # a missing extra is reported before any work
         found = _gather_inputs(inputs, recursive, ext)
         check_output_dir(out)
         detector = load_checkpoint(model, _device(device))
@@ -289,6 +298,12 @@ def detect(
         failures = found.problems + summary.failures
         if failures:
             write_failures(failures_path(out, shard_spec), failures)
+        if report and shard_spec is None:
+            from .report import detect_report
+
+            page = detect_report(out)
+            if not quiet:
+                err.print(f"report in {page}", highlight=False)
         if not quiet:
             rate = summary.processed / summary.seconds if summary.seconds else 0.0
             skipped = f", {summary.skipped} skipped (done before)" if skip_existing else ""
@@ -367,6 +382,22 @@ def threshold_command(
             err.print(f"wrote {destination}", highlight=False)
 
 
+@app.command("report")
+def report_command(
+    out: Annotated[Path, typer.Argument(help="The --out folder of lista detect (with scores.csv).")],
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Write OUT/report.html: summary, score histogram and a gallery of image, heatmap and mask
+    sorted by score, with each image's regions. Opens from disk; needs lista-cli[report]."""
+    with _errors(debug):
+        from .report import detect_report
+
+        page = detect_report(out)
+        if not quiet:
+            err.print(f"report in {page}", highlight=False)
+
+
 @app.command("merge-scores")
 def merge_scores(
     out: Annotated[Path, typer.Argument(help="The --out folder the shards wrote to.")],
@@ -386,6 +417,10 @@ def merge_scores(
 def evaluate(
     model: Annotated[Path, typer.Argument(help="Model file from `lista train`.")],
     dataset: Annotated[Path, typer.Argument(help="MVTec-style category folder (test/<kind>, ground_truth/<kind>).")],
+    report_path: Annotated[
+        Path | None,
+        typer.Option("--report", help="Also write an HTML report (curves, per-kind table) to this file."),
+    ] = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
     threads: ThreadsOpt = 0,
@@ -401,8 +436,22 @@ def evaluate(
         from .checkpoint import load_checkpoint
         from .evaluate import evaluate as run_eval
 
+        if report_path is not None:
+            from .report import _libraries
+
+            _libraries()  # a missing extra is reported before any work
         detector = load_checkpoint(model, _device(device))
         report = run_eval(detector, dataset)
+        if report_path is not None:
+            import numpy as np
+
+            from .report import eval_report
+
+            labels = np.array([row["kind"] != "good" for row in report["image_scores"]])
+            scores = np.array([row["score"] for row in report["image_scores"]])
+            eval_report(report, labels, scores, report_path)
+            if not quiet:
+                err.print(f"report in {report_path}", highlight=False)
         if json_out:
             print(json.dumps(report))
             return

@@ -100,6 +100,10 @@ def evaluate(detector: Detector, root: Path) -> dict[str, Any]:
     }
     report["good_flagged"] = float(np.mean(decisions[~labels])) if (~labels).any() else float("nan")
     report.update(region_metrics(detector, maps, masks))
+    report["image_scores"] = [
+        {"image": str(item.path), "kind": item.kind, "score": float(score), "anomalous": bool(decision)}
+        for item, score, decision in zip(items, scores, decisions, strict=True)
+    ]
     report["kinds"] = {}
     for kind in sorted({item.kind for item in items} - {"good"}):
         pick = [i for i, item in enumerate(items) if item.kind in (kind, "good")]
