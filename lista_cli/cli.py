@@ -457,16 +457,8 @@ def evaluate(
             return
         from rich.table import Table
 
-        columns = {
-            "images": "images",
-            "image_auroc": "image AUROC",
-            "pixel_auroc": "pixel AUROC",
-            "aupro": "AUPRO",
-            "image_f1_max": "image F1-max",
-            "pixel_f1_max": "pixel F1-max",
-            "image_f1_calibrated": "image F1@thr",
-            "pixel_f1_calibrated": "pixel F1@thr",
-        }
+        from .evaluate import EVAL_COLUMNS as columns
+
         thresholds = f"image threshold {report['threshold']:.4g}, mask threshold {report['pixel_threshold']:.4g}"
         table = Table(title=Text(f"{dataset}  ({thresholds})"))
         table.add_column("kind")

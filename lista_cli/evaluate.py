@@ -13,6 +13,18 @@ from .metrics import aupro, f1_at, f1_max, roc_auc
 from .pipeline import Detector
 from .regions import label_regions
 
+# Metrics of an eval table (cli) and report (report.py), with their column titles.
+EVAL_COLUMNS = {
+    "images": "images",
+    "image_auroc": "image AUROC",
+    "pixel_auroc": "pixel AUROC",
+    "aupro": "AUPRO",
+    "image_f1_max": "image F1-max",
+    "pixel_f1_max": "pixel F1-max",
+    "image_f1_calibrated": "image F1@thr",
+    "pixel_f1_calibrated": "pixel F1@thr",
+}
+
 
 def score_dataset(
     detector: Detector, root: Path, batch: int = 16

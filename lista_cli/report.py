@@ -175,15 +175,8 @@ def detect_report(out_dir: Path, page_size: int = PAGE_SIZE) -> Path:
 
 def eval_report(report: dict[str, Any], labels: np.ndarray, scores: np.ndarray, path: Path) -> Path:
     """Write an eval report: summary, histogram, ROC and precision-recall curves, per-kind table."""
-    columns = {
-        "images": "images",
-        "image_auroc": "image AUROC",
-        "pixel_auroc": "pixel AUROC",
-        "aupro": "AUPRO",
-        "image_f1_max": "image F1-max",
-        "image_f1_calibrated": "image F1 of decisions",
-        "pixel_f1_calibrated": "pixel F1 of masks",
-    }
+    from .evaluate import EVAL_COLUMNS as columns
+
     table = [(kind, metrics) for kind, metrics in report["kinds"].items()] + [("all", report)]
     html = _render(
         "eval.html.j2",
