@@ -33,11 +33,16 @@ def _normalised(kernel: np.ndarray, spec: str) -> np.ndarray:
     return kernel / total
 
 
-def gaussian_psf(sigma: float) -> np.ndarray:
-    radius = max(1, math.ceil(3 * sigma))
+def gaussian_line(sigma: float, radius: int) -> np.ndarray:
+    """A normalised 1-D Gaussian of `sigma` on the offsets -radius..radius."""
     offsets = np.arange(-radius, radius + 1)
     line = np.exp(-(offsets**2) / (2 * sigma**2))
-    return np.outer(line, line) / line.sum() ** 2
+    return line / line.sum()
+
+
+def gaussian_psf(sigma: float) -> np.ndarray:
+    line = gaussian_line(sigma, max(1, math.ceil(3 * sigma)))
+    return np.outer(line, line)
 
 
 def motion_psf(length: float, angle_degrees: float) -> np.ndarray:

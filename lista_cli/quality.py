@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from .blur import gaussian_line
+
 
 def psnr(reference: np.ndarray, image: np.ndarray, data_range: float = 1.0) -> float:
     error = float(np.mean((np.asarray(reference, np.float64) - np.asarray(image, np.float64)) ** 2))
@@ -15,9 +17,7 @@ def psnr(reference: np.ndarray, image: np.ndarray, data_range: float = 1.0) -> f
 def _gaussian_filter(image: np.ndarray, sigma: float = 1.5, truncate: float = 3.5) -> np.ndarray:
     """Separable Gaussian filter with reflective ('symmetric') borders, as scikit-image's SSIM."""
     radius = int(truncate * sigma + 0.5)
-    offsets = np.arange(-radius, radius + 1)
-    kernel = np.exp(-(offsets**2) / (2 * sigma**2))
-    kernel /= kernel.sum()
+    kernel = gaussian_line(sigma, radius)
     padded = np.pad(image, radius, mode="symmetric")
     rows = sum(w * padded[:, i : i + image.shape[1]] for i, w in enumerate(kernel))
     return sum(w * rows[i : i + image.shape[0], :] for i, w in enumerate(kernel))

@@ -65,6 +65,21 @@ def test_merge_needs_every_shard(setup, tmp_path):
     assert result.exit_code == 1 and "shard(s) 0, 2 of 3 have no scores file yet" in result.stderr
 
 
+def test_merge_refuses_an_image_scored_in_two_shards(setup, tmp_path):
+    model, images = setup
+    out = tmp_path / "out"
+    for index in range(2):
+        runner.invoke(app, ["detect", str(model), str(images), "--out", str(out), "--shard", f"{index}/2", "-q"])
+    first = (out / "scores.shard-0-of-2.csv").read_text().splitlines()
+    second = out / "scores.shard-1-of-2.csv"
+    row = first[1].split(",")
+    row[1] = "0.123"  # the same image with another score: which is right cannot be known
+    second.write_text(second.read_text() + ",".join(row) + "\n")
+    result = runner.invoke(app, ["merge-scores", str(out)])
+    assert result.exit_code == 1 and "is scored in more than one shard" in result.stderr
+    assert not (out / "scores.csv").exists()
+
+
 def test_shard_selection_is_a_partition():
     images = [InputImage(Path(f"{i}.png"), PurePath(f"d/{i:03d}")) for i in range(50)]
     shuffled = images[::-1]

@@ -156,3 +156,33 @@ def test_deblur_cli_errors(tmp_path):
     result = runner.invoke(app, ["deblur", str(tmp_path), "--psf", "box:3", "--out", str(tmp_path / "o"), "-q"])
     assert result.exit_code == 3 and "bad.png: not an image file" in result.stderr
     assert (tmp_path / "o" / "a.png").exists()
+
+
+@pytest.mark.parametrize("spec", ["gaussian:1.5", "box:5", "motion:7,30", "kernel:0.1,0.6,0.3"])
+@pytest.mark.parametrize("boundary, mode", [("reflect", "reflect"), ("periodic", "wrap")])
+def test_blur_equals_scipy_convolution(spec, boundary, mode):
+    """The FFT operator against scipy.ndimage.convolve (half-sample reflection = 'reflect',
+    periodic = 'wrap'), an independent direct convolution, on odd sizes and colour."""
+    from scipy import ndimage
+
+    psf = parse_psf(spec)
+    image = np.random.default_rng(11).random((23, 30, 2))
+    got = Blur(psf, boundary).A(image)
+    expected = np.stack([ndimage.convolve(image[..., c], psf, mode=mode) for c in range(2)], axis=-1)
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+
+
+def test_upre_alpha_is_near_the_oracle_alpha():
+    """UPRE (the default rule with the Laplacian) against the oracle: the alpha of least true
+    error, found on a dense grid knowing the sharp image."""
+    rng = np.random.default_rng(12)
+    ys, xs = np.mgrid[0:61, 0:53]
+    sharp = 0.5 + 0.2 * np.sin(xs / 4.0) * np.cos(ys / 6.0) + 0.1 * (xs > 30)
+    blur = Blur(parse_psf("gaussian:1.5"), "reflect")
+    noisy = blur.A(sharp) + 0.01 * rng.standard_normal(sharp.shape)
+    grid = 10.0 ** np.linspace(-6, 1, 57)
+    errors = [np.mean((tikhonov(noisy, blur, a, reg="laplacian").image - sharp) ** 2) for a in grid]
+    oracle = grid[int(np.argmin(errors))]
+    chosen = tikhonov(noisy, blur, "auto", reg="laplacian", noise_sigma=0.01)
+    assert abs(np.log10(chosen.alpha / oracle)) < 0.5  # within a factor of about 3
+    assert np.mean((chosen.image - sharp) ** 2) < 1.2 * min(errors)

@@ -71,3 +71,17 @@ def test_aupro_region_weighting_and_perfect():
     assert aupro([mask], [scores]) == pytest.approx((0.75 + 0.825) / 2, abs=1e-9)
     assert aupro([mask], [mask.astype(float)]) == pytest.approx(1.0)
     assert np.isnan(aupro([np.zeros((3, 3), bool)], [np.zeros((3, 3))]))
+
+
+@pytest.mark.parametrize("shape, share", [((1, 1, 1), 0.01), ((3, 17, 29), 0.01), ((2, 40, 7), 0.3), ((1, 5, 5), 1.0)])
+def test_topk_image_score_is_the_mean_of_the_largest_pixels(shape, share):
+    import torch
+
+    from lista_cli.scoring import image_scores
+
+    maps = torch.rand(shape, generator=torch.Generator().manual_seed(shape[1]))
+    got = image_scores(maps, "topk", share).numpy()
+    flat = np.sort(maps.double().numpy().reshape(shape[0], -1), axis=1)[:, ::-1]
+    count = max(1, round(share * flat.shape[1]))
+    np.testing.assert_allclose(got, flat[:, :count].mean(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(image_scores(maps, "max").numpy(), flat[:, 0], rtol=1e-7)
