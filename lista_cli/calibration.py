@@ -23,16 +23,9 @@ from .validation import ValidationSet
 MAX_CALIBRATION_IMAGES = 200  # normal images whose maps set the edge damping and the threshold
 
 
-def calibrate(scores: torch.Tensor, quantile: float, margin: float) -> dict[str, float | list[float]]:
+def calibrate(scores: torch.Tensor, quantile: float, margin: float) -> float:
     """Threshold = the `quantile` of the normal image scores (n,) times `margin`."""
-    scores = scores.double()
-    threshold = float(torch.quantile(scores, quantile)) * margin
-    return {
-        "threshold": max(threshold, 1e-12),
-        "quantile": quantile,
-        "margin": margin,
-        "image_scores": scores.tolist(),
-    }
+    return max(float(torch.quantile(scores.double(), quantile)) * margin, 1e-12)
 
 
 def pixel_threshold(maps: torch.Tensor, validation: ValidationSet) -> float:
@@ -87,8 +80,10 @@ def calibrate_detector(
         cfg.patch.size, max(s.factor for s in detector.scales), cfg.score.smooth_sigma, min(min(m.shape) for m in maps)
     )
     rows, columns = edges.edge_profile(maps, width)
-    detector.calibration.update(edge_rows=rows, edge_columns=columns)
+    calibration = detector.calibration
+    calibration.edge_rows, calibration.edge_columns = rows, columns
     scores = torch.cat([detector.image_scores(detector.damp_edges(m[None])) for m in maps])
-    detector.calibration.update(calibrate(scores, cfg.score.threshold_quantile, cfg.score.threshold_margin))
+    calibration.image_scores = scores.double().tolist()
+    calibration.threshold = calibrate(scores, cfg.score.threshold_quantile, cfg.score.threshold_margin)
     level = pixel_threshold(detector.damp_edges(validation_maps), validation)
-    detector.calibration["pixel_threshold"] = min(level, detector.calibration["threshold"])
+    calibration.pixel_threshold = min(level, calibration.threshold)

@@ -19,7 +19,7 @@ from .context import ContextBank
 from .errors import ListaError
 from .imageio import atomic_write
 from .model import build_model
-from .pipeline import Detector, Scale
+from .pipeline import Calibration, Detector, Scale
 from .typicality import CodeBank
 
 FORMAT = "lista-checkpoint"
@@ -45,7 +45,7 @@ def save_checkpoint(path: str | Path, detector: Detector, extra: dict[str, Any] 
         "lista_version": __version__,
         "config": detector.config.to_dict(),
         "channels": detector.channels,
-        "calibration": detector.calibration,
+        "calibration": detector.calibration.to_dict(),
         "working_scale": detector.working_scale,
         "context": None
         if detector.context is None
@@ -120,7 +120,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Det
         scales,
         config,
         int(payload["channels"]),
-        dict(payload.get("calibration") or {}),
+        Calibration.from_dict(payload.get("calibration")),
         None if working_scale is None else float(working_scale),
         context,
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -71,6 +71,27 @@ def upsample(maps: torch.Tensor, factor: int, size: tuple[int, int]) -> torch.Te
 
 
 @dataclass
+class Calibration:
+    """What training measured to turn maps into decisions (all in the checkpoint)."""
+
+    map_weights: list[float] | None = None  # one per component map; None: 1 each (format 1)
+    threshold: float = math.inf  # image threshold on the map's maximum
+    pixel_threshold: float | None = None  # mask threshold; None: the image threshold (formats 1-2)
+    edge_rows: list[float] = field(default_factory=list)  # damping by distance to the top/bottom edge
+    edge_columns: list[float] = field(default_factory=list)  # ... and to the left/right edge
+    image_scores: list[float] = field(default_factory=list)  # the normal scores the threshold came from
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> Calibration:
+        """From a checkpoint's dict; keys of older or newer formats that it lacks are ignored."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (values or {}).items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
 class Scale:
     """One image scale: the model and code bank that score images downsampled by `factor`."""
 
@@ -93,7 +114,7 @@ class Detector:
     scales: list[Scale]
     config: Config
     channels: int
-    calibration: dict[str, Any] = field(default_factory=dict)
+    calibration: Calibration = field(default_factory=Calibration)
     # Model pixels per input pixel when data.image_size is auto (chosen in training).
     working_scale: float | None = None
     context: ContextBank | None = None  # stacked multi-scale codes (score.context)
@@ -199,7 +220,7 @@ class Detector:
     def map_weights(self) -> list[float]:
         """Weights of the component maps: 1 / (their high quantile on held-out normal images),
         times the mix chosen in training (mixing.share_weights)."""
-        return self.calibration.get("map_weights") or [1.0] * len(self.kinds)
+        return self.calibration.map_weights or [1.0] * len(self.kinds)
 
     def combine(self, components: torch.Tensor, weights: list[float] | None = None) -> torch.Tensor:
         """(B, M, h, w) component maps -> (B, h, w) smoothed anomaly map (weighted sum)."""
@@ -252,7 +273,7 @@ class Detector:
 
     def damp_edges(self, maps: torch.Tensor) -> torch.Tensor:
         """(B, h, w) whole-image maps with the image edges damped as normal images need."""
-        return edges.damp_edges(maps, self.calibration.get("edge_rows", []), self.calibration.get("edge_columns", []))
+        return edges.damp_edges(maps, self.calibration.edge_rows, self.calibration.edge_columns)
 
     def image_scores(self, maps: torch.Tensor) -> torch.Tensor:
         return scoring.image_scores(maps, self.config.score.image_score, self.config.score.top_k)
@@ -260,13 +281,14 @@ class Detector:
     @property
     def threshold(self) -> float:
         """Image threshold: an image is anomalous when its score reaches it."""
-        return float(self.calibration.get("threshold", float("inf")))
+        return float(self.calibration.threshold)
 
     @property
     def pixel_threshold(self) -> float:
         """Mask threshold: in an anomalous image, the pixels whose map value reaches it
         (at most the image threshold; models before it had one threshold for both)."""
-        return min(float(self.calibration.get("pixel_threshold", self.threshold)), self.threshold)
+        level = self.calibration.pixel_threshold
+        return self.threshold if level is None else min(float(level), self.threshold)
 
     def decide(self, anomaly_map: np.ndarray, min_region: int | None = None) -> Result:
         """The result of one (H, W) map at the input's own size. An image whose score (the

@@ -21,7 +21,7 @@ from .cutpaste import cutpaste
 from .defects import FAMILIES, drawn_defect
 from .mixing import choose_weights, component_maps, validation_score
 from .model import PrincipalAxes, build_model
-from .pipeline import Detector, Scale, downsample
+from .pipeline import Calibration, Detector, Scale, downsample
 from .training_data import at_size, load_training_arrays, training_folder
 from .typicality import MAX_BANK_CANDIDATES, MAX_CODE_RANK, build_bank
 from .validation import ValidationSet, make_validation_set
@@ -307,7 +307,7 @@ def train(
 
     components = component_maps(detector, validation.resized(shape))
     mix = choose_weights(detector, validation, components)
-    detector.calibration = {"map_weights": mix.weights}
+    detector.calibration = Calibration(map_weights=mix.weights)
     validation_maps = detector.combine(torch.stack(components), mix.weights)
     calibrate_detector(detector, fitting, held_out, validation_maps, validation)
     summary = TrainSummary(
@@ -316,8 +316,8 @@ def train(
         channels=channels,
         steps=steps,
         scales=[dataclasses.asdict(x) for x in summaries],
-        threshold=detector.calibration["threshold"],
-        pixel_threshold=detector.calibration["pixel_threshold"],
+        threshold=detector.calibration.threshold,
+        pixel_threshold=detector.pixel_threshold,
         seconds=time.perf_counter() - started,
         image_size=size.label,
         size_scores=choice.scores,

@@ -185,7 +185,7 @@ def test_regions_file_matches_masks_and_survives_shards_and_resume(setup, tmp_pa
 
     model, images = setup
     detector = load_checkpoint(model)
-    detector.calibration["threshold"] = detector.calibration["pixel_threshold"] = 0.3 * detector.threshold
+    detector.calibration.threshold = detector.calibration.pixel_threshold = 0.3 * detector.threshold
     found = collect_inputs([str(images)]).images
     whole = tmp_path / "whole"
     detect(detector, found, whole)

@@ -78,7 +78,7 @@ def test_calibrate_takes_a_quantile_times_the_margin():
     gen = torch.Generator().manual_seed(1)
     scores = torch.rand(37, generator=gen)
     result = calibrate(scores, 0.9, 1.1)
-    assert result["threshold"] == pytest.approx(np.quantile(scores.double().numpy(), 0.9) * 1.1)
+    assert result == pytest.approx(np.quantile(scores.double().numpy(), 0.9) * 1.1)
 
 
 @pytest.mark.parametrize(
@@ -137,3 +137,14 @@ def test_calibration_uses_held_out_images_and_a_seeded_share_of_the_rest(monkeyp
     ]
     monkeypatch.setattr(calibration, "MAX_CALIBRATION_IMAGES", 200)
     assert len(calibration.normal_maps(Scorer(), images, [], seed=0)) == 10  # under the cap: every image
+
+
+def test_calibration_round_trips_and_reads_older_dicts():
+    from lista_cli.pipeline import Calibration
+
+    calibration = Calibration([1.0, 2.0], 3.5, 1.5, [1.2, 1.1], [1.3], [0.5, 0.7])
+    assert Calibration.from_dict(calibration.to_dict()) == calibration
+    # format 1-2 checkpoints: one threshold, extra keys of their own, no map weights
+    old = Calibration.from_dict({"threshold": 2.0, "quantile": 0.99, "margin": 1.1})
+    assert old.threshold == 2.0 and old.pixel_threshold is None and old.map_weights is None
+    assert Calibration.from_dict(None).threshold == float("inf")
