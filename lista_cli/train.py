@@ -19,7 +19,7 @@ from .config import Config
 from .context import build_context
 from .cutpaste import cutpaste
 from .defects import FAMILIES, drawn_defect
-from .mixing import choose_weights, component_maps, validation_score
+from .mixing import StepValidation, choose_weights, component_maps, validation_score
 from .model import PrincipalAxes, build_model
 from .pipeline import Calibration, Detector, Scale, downsample
 from .training_data import at_size, load_training_arrays, training_folder
@@ -147,8 +147,8 @@ def train_layers(
     small = [downsample(t[None], factor)[0] for t in images]
     small = [t for t in small if min(t.shape[-2:]) >= cfg.patch.size]  # train() checked one is left
     p, stride = cfg.patch.size, cfg.patch.stride
-    detector = Detector([scale], cfg, channels)  # this scale alone, for validation
-    val_start = validation_score(detector, validation, shape)
+    validate = StepValidation(scale, validation, shape, cfg, channels)  # this scale alone
+    val_start = validate.score()
     best_score, best_step, best_state = val_start, 0, copy.deepcopy(model.state_dict())
 
     steps = cfg.train.steps if cfg.model.learn else 0
@@ -183,7 +183,7 @@ def train_layers(
             val = None
             if step % cfg.train.val_every == 0 or step == steps:
                 model.eval()
-                val = validation_score(detector, validation, shape)
+                val = validate.score()
                 model.train()
                 if val > best_score:
                     best_score, best_step, best_state = val, step, copy.deepcopy(model.state_dict())

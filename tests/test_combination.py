@@ -93,3 +93,24 @@ def test_the_mix_score_equals_scoring_the_combined_maps():
     mix = choose_weights(detector, validation, components)
     direct, _ = validation.score(detector.combine(torch.stack(components), mix.weights))
     assert mix.score == pytest.approx(direct, abs=1e-6)
+
+
+def test_step_validation_reuses_the_bank_maps_and_scores_like_the_whole_detector():
+    from lista_cli.mixing import StepValidation, validation_score
+    from lista_cli.train import init_scale
+    from lista_cli.validation import make_validation_set
+
+    gen = torch.Generator().manual_seed(23)
+    images = [torch.rand(1, 37, 41, generator=gen) * 0.5 + 0.25 for _ in range(5)]
+    config = Config()
+    config.score.bank_size = 64
+    scale = init_scale(images[:3], config, 1)
+    validation = make_validation_set(images[3:], config, seed=0)
+    shape = tuple(validation.images.shape[-2:])
+    step = StepValidation(scale, validation, shape, config, channels=1)
+    whole = Detector([scale], config, channels=1)
+    for _ in range(2):  # untrained, then with other thresholds: only the sparse map changes
+        assert step.score() == pytest.approx(validation_score(whole, validation, shape), abs=1e-9)
+        with torch.no_grad():
+            scale.model.log_theta += 0.7
+    assert step.fixed is not None and len(step.fixed) == 2  # code and residual-level samples kept

@@ -85,3 +85,25 @@ def test_topk_image_score_is_the_mean_of_the_largest_pixels(shape, share):
     count = max(1, round(share * flat.shape[1]))
     np.testing.assert_allclose(got, flat[:, :count].mean(axis=1), rtol=1e-6)
     np.testing.assert_allclose(image_scores(maps, "max").numpy(), flat[:, 0], rtol=1e-7)
+
+
+@pytest.mark.parametrize("sigma", [0.7, 2.0, 3.3])
+@pytest.mark.parametrize("border, mode", [("reflect", "mirror"), ("replicate", "nearest")])
+def test_gaussian_smooth_equals_scipy(sigma, border, mode):
+    """Against scipy.ndimage.gaussian_filter (torch's 'reflect' is scipy's 'mirror'), on
+    odd sizes, with the same radius ceil(3 sigma)."""
+    import math
+
+    import torch
+    from scipy import ndimage
+
+    from lista_cli.scoring import gaussian_smooth
+
+    maps = np.random.default_rng(int(10 * sigma)).random((2, 23, 31))
+    got = gaussian_smooth(torch.from_numpy(maps), sigma, border).numpy()
+    radius = max(1, math.ceil(3 * sigma))
+    expected = np.stack([ndimage.gaussian_filter(m, sigma, mode=mode, radius=radius) for m in maps])
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+    tiny = np.random.default_rng(1).random((1, 5, 4))  # radius beyond the map: replicated borders
+    got = gaussian_smooth(torch.from_numpy(tiny), 3.3, border).numpy()
+    np.testing.assert_allclose(got[0], ndimage.gaussian_filter(tiny[0], 3.3, mode="nearest", radius=10), atol=1e-12)
