@@ -37,30 +37,41 @@ class DeblurError(ListaError):
 # --- orthonormal DCT-II via the FFT (numpy has no DCT) ---------------------------------
 
 
+def _ortho_weights(n: int, ndim: int) -> np.ndarray:
+    weights = np.full((n,) + (1,) * (ndim - 1), math.sqrt(2.0 / n))
+    weights[0] = math.sqrt(1.0 / n)
+    return weights
+
+
 def _dct_axis(x: np.ndarray, axis: int) -> np.ndarray:
-    """Orthonormal DCT-II along `axis`: X_k = w_k sum_n x_n cos(pi k (n + 1/2) / N)."""
+    """Orthonormal DCT-II along `axis`: X_k = w_k sum_n x_n cos(pi k (n + 1/2) / N).
+
+    Makhoul's algorithm: reorder v = (x_0, x_2, ..., x_3, x_1), then X_k = Re(e^(-i pi k / 2N)
+    V_k) with V = FFT(v), one real FFT of length N (V_k for k > N/2 is conj(V_(N-k)))."""
     x = np.moveaxis(x, axis, 0)
     n = x.shape[0]
-    spectrum = np.fft.fft(np.concatenate([x, x[::-1]], axis=0), axis=0)[:n]
+    v = np.concatenate([x[0::2], x[1::2][::-1]], axis=0)
+    half = np.fft.rfft(v, axis=0)  # V_0 .. V_(N/2)
+    spectrum = np.concatenate([half, np.conj(half[1 : n - n // 2][::-1])], axis=0)  # V_0 .. V_(N-1)
     k = np.arange(n).reshape((-1,) + (1,) * (x.ndim - 1))
-    out = 0.5 * np.real(np.exp(-1j * np.pi * k / (2 * n)) * spectrum)
-    weights = np.full(k.shape, math.sqrt(2.0 / n))
-    weights[0] = math.sqrt(1.0 / n)
-    return np.moveaxis(out * weights, 0, axis)
+    out = np.real(np.exp(-1j * np.pi * k / (2 * n)) * spectrum)
+    return np.moveaxis(out * _ortho_weights(n, x.ndim), 0, axis)
 
 
 def _idct_axis(coeffs: np.ndarray, axis: int) -> np.ndarray:
-    """Inverse of `_dct_axis` (orthonormal DCT-III)."""
+    """Inverse of `_dct_axis` (orthonormal DCT-III), Makhoul's algorithm backwards:
+    V_k = e^(i pi k / 2N) (X_k - i X_(N-k)) (X_N = 0) is Hermitian, v = IRFFT(V), then
+    x_(2m) = v_m and x_(2m+1) = v_(N-1-m)."""
     c = np.moveaxis(coeffs, axis, 0)
     n = c.shape[0]
-    k = np.arange(n).reshape((-1,) + (1,) * (c.ndim - 1))
-    weights = np.full(k.shape, math.sqrt(2.0 / n))
-    weights[0] = math.sqrt(1.0 / n)
-    raw = c / weights  # unnormalised DCT-II coefficients
-    scale = np.where(k == 0, 1.0, 2.0)
-    padded = np.zeros((2 * n,) + c.shape[1:], dtype=np.complex128)
-    padded[:n] = scale * raw * np.exp(1j * np.pi * k / (2 * n))
-    x = 2.0 * np.real(np.fft.ifft(padded, axis=0))[:n]
+    raw = c / _ortho_weights(n, c.ndim)  # unnormalised DCT-II coefficients X_k
+    count = n // 2 + 1
+    k = np.arange(count).reshape((-1,) + (1,) * (c.ndim - 1))
+    mirrored = np.concatenate([np.zeros_like(raw[:1]), raw[:0:-1]], axis=0)[:count]  # X_(N-k), X_N = 0
+    v = np.fft.irfft(np.exp(1j * np.pi * k / (2 * n)) * (raw[:count] - 1j * mirrored), n=n, axis=0)
+    x = np.empty_like(v)
+    x[0::2] = v[: (n + 1) // 2]
+    x[1::2] = v[(n + 1) // 2 :][::-1]
     return np.moveaxis(x, 0, axis)
 
 
@@ -152,19 +163,50 @@ def _filter(spec: Spectral, alpha: float) -> tuple[np.ndarray, np.ndarray]:
     return np.conj(spec.a) / denominator, alpha * spec.dtd / denominator
 
 
+CURVE_BINS = 4096  # bins of log(dtd / |a|^2) the alpha rules' residual and trace are summed in
+
+
 class _ResidualCurve:
-    """Residual norm and influence trace as functions of alpha, from per-coefficient arrays."""
+    """Residual norm and influence trace as functions of alpha, summed over bins.
+
+    Per coefficient, with q = dtd / |a|^2, the residual factor alpha dtd / (|a|^2 + alpha dtd)
+    is alpha q / (1 + alpha q) and the influence |a|^2 / (|a|^2 + alpha dtd) is 1 / (1 + alpha q):
+    both depend on q alone. So the coefficients are grouped once into CURVE_BINS bins of
+    log q, each summed with its energy and count at its mean log q, and every evaluation of
+    an alpha rule costs O(bins) instead of O(pixels) (a search evaluates ~60 alphas).
+    Coefficients with dtd = 0 (never damped) or |a| = 0 (lost to the blur) are counted apart.
+    The sums agree with the per-coefficient ones to about 1e-3 (tested); alpha moves by less."""
 
     def __init__(self, power: np.ndarray, dtd: np.ndarray, energy: np.ndarray, scale: float) -> None:
-        self.power, self.dtd, self.energy, self.scale = power.ravel(), dtd.ravel(), energy.ravel(), scale
+        power, dtd, energy = power.ravel(), dtd.ravel(), energy.ravel()
+        self.scale = scale
+        undamped = (dtd <= 0) & (power > 0)  # residual factor 0, influence 1
+        lost = (power <= 0) & (dtd > 0)  # residual factor 1, influence 0
+        self.undamped_count = int(undamped.sum())
+        self.lost_energy = float(energy[lost].sum())
+        middle = (power > 0) & (dtd > 0)  # (both 0: factor and influence 0)
+        log_q = np.log(dtd[middle]) - np.log(power[middle])
+        self.energy_q, self.energy, self.count_q, self.count = np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0)
+        if not log_q.size:
+            return
+        low, high = float(log_q.min()), float(log_q.max())
+        index = np.minimum(((log_q - low) / max(high - low, 1e-12) * CURVE_BINS).astype(np.int64), CURVE_BINS - 1)
+        weights = energy[middle]
+        self.energy = np.bincount(index, weights=weights, minlength=CURVE_BINS)
+        self.count = np.bincount(index, minlength=CURVE_BINS).astype(np.float64)
+        # each bin at its mean log q: weighted by energy for the residual, by count for the trace
+        energy_log_q = np.bincount(index, weights=weights * log_q, minlength=CURVE_BINS)
+        count_log_q = np.bincount(index, weights=log_q, minlength=CURVE_BINS)
+        self.energy_q = np.exp(energy_log_q / np.maximum(self.energy, 1e-300))
+        self.count_q = np.exp(count_log_q / np.maximum(self.count, 1.0))
 
     def residual(self, alpha: float) -> float:
-        factor = alpha * self.dtd / np.maximum(self.power + alpha * self.dtd, 1e-300)
-        return float(self.scale * np.dot(factor * factor, self.energy))
+        factor = alpha * self.energy_q / (1.0 + alpha * self.energy_q)
+        return float(self.scale * (np.dot(factor * factor, self.energy) + self.lost_energy))
 
     def trace(self, alpha: float) -> float:
         """Influence trace per channel: sum of the filter factors |a|^2 / (|a|^2 + alpha dtd)."""
-        return float(np.sum(self.power / np.maximum(self.power + alpha * self.dtd, 1e-300)))
+        return float(np.dot(self.count, 1.0 / (1.0 + alpha * self.count_q)) + self.undamped_count)
 
 
 def _curve(spec: Spectral, coeffs: np.ndarray) -> _ResidualCurve:

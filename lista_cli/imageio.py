@@ -138,6 +138,6 @@ def save_image(path: str | Path, array: np.ndarray, bits: int = 8) -> None:
         array = array[..., 0]
     if bits == 16 and array.ndim == 2:
         values = np.round(array * 65535.0).astype(np.uint16)
-        atomic_write(path, lambda tmp: Image.fromarray(values).save(tmp, format="PNG"))
+        atomic_write(path, lambda tmp: Image.fromarray(values).save(tmp, format="PNG", compress_level=1))
         return
     save_png(path, np.round(array * 255.0).astype(np.uint8))

@@ -186,3 +186,32 @@ def test_upre_alpha_is_near_the_oracle_alpha():
     chosen = tikhonov(noisy, blur, "auto", reg="laplacian", noise_sigma=0.01)
     assert abs(np.log10(chosen.alpha / oracle)) < 0.5  # within a factor of about 3
     assert np.mean((chosen.image - sharp) ** 2) < 1.2 * min(errors)
+
+
+def test_binned_alpha_curve_equals_the_per_coefficient_sums():
+    """The alpha rules' residual and trace, summed over bins of log(dtd / |a|^2), against the
+    exact per-coefficient sums in float64 (zeros of |a| and of dtd included)."""
+    from lista_cli.deblur import _ResidualCurve
+
+    rng = np.random.default_rng(13)
+    power = rng.random(5000) ** 4
+    power[:7] = 0.0  # frequencies the blur destroys
+    dtd = rng.random(5000) * 8
+    dtd[5:12] = 0.0  # the mean: never damped by the Laplacian (5, 6: both zero)
+    energy = rng.random(5000)
+    curve = _ResidualCurve(power, dtd, energy, 0.5)
+    for alpha in 10.0 ** np.linspace(-8, 3, 23):
+        denominator = np.maximum(power + alpha * dtd, 1e-300)
+        residual = 0.5 * np.sum((alpha * dtd / denominator) ** 2 * energy)
+        trace = np.sum(power / denominator)
+        assert curve.residual(alpha) == pytest.approx(residual, rel=2e-3)
+        assert curve.trace(alpha) == pytest.approx(trace, rel=2e-3)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 3), (5, 8), (17, 31), (64, 45)])
+def test_dct_equals_scipy_orthonormal_dct(shape):
+    from scipy.fft import dctn, idctn
+
+    x = np.random.default_rng(shape[0]).standard_normal(shape)
+    np.testing.assert_allclose(dct2(x), dctn(x, norm="ortho"), atol=1e-12)
+    np.testing.assert_allclose(idct2(x), idctn(x, norm="ortho"), atol=1e-12)
