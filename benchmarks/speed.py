@@ -6,7 +6,8 @@ channel count: end-to-end `detect` images/s (read PNG, model, write heatmap, mas
 scores row), maps images/s (all scales' models, code distances, fold and smoothing), forward-only
 images/s (the unfolded layers alone), the forward's FLOP count divided by the matrix-multiply
 rate measured in this run (its floor), the efficiency floor/actual, and the peak resident
-memory of a fresh process scoring one image. Also the default config (trained on 128² images; auto size) at 256².
+memory of a fresh process scoring one image. Also the default config (trained on 128² images; auto size) at 256²,
+and for it the whole `lista detect` process (start-up included) on 1 and 200 images.
 
     python benchmarks/speed.py [--sizes 128,256,512,1024] [--huge]
 """
@@ -79,10 +80,40 @@ def peak_memory(model: Path, image: Path, out: Path) -> float:
     return int(output.strip().splitlines()[-1]) / 1024
 
 
+def whole_process(model: Path, tmp: Path, count: int) -> dict:
+    """`lista detect` as a user runs it (a fresh process) on 1 and on `count` 256² RGB images,
+    against the in-process rate of the same images."""
+    folder = tmp / "process_in"
+    texture_images(folder, 256, 3, count)
+
+    def command(inputs: list[str], out: Path) -> float:
+        started = time.perf_counter()
+        run = [sys.executable, "-m", "lista_cli.cli", "detect", str(model), *inputs, "--out", str(out), "-q"]
+        subprocess.run(run, check=True)
+        return time.perf_counter() - started
+
+    first = str(sorted(folder.iterdir())[0])
+    one = command([first], tmp / "process_one")
+    every = command([str(folder)], tmp / "process_all")
+    detector = load_checkpoint(model)
+    inputs = collect_inputs([str(folder)]).images
+    detect(detector, inputs[:2], tmp / "process_warm")
+    summary = detect(detector, inputs, tmp / "process_in_process")
+    return {
+        "images": count,
+        "one_image_s": one,
+        "all_images_s": every,
+        "whole_img_s": count / every,
+        "marginal_img_s": (count - 1) / max(every - one, 1e-9),
+        "in_process_img_s": summary.processed / summary.seconds,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="128,256,512,1024")
     parser.add_argument("--huge", action="store_true", help="also one 8000x8000 gray image in tiles")
+    parser.add_argument("--process-images", type=int, default=200, help="images of the whole-process run")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/speed.json"))
     args = parser.parse_args()
     torch.set_flush_denormal(True)
@@ -152,6 +183,8 @@ def main() -> None:
             }
             rows.append(row)
             print(row, file=sys.stderr, flush=True)
+        process = whole_process(default_model, tmp, args.process_images)
+        print(process, file=sys.stderr, flush=True)
         if args.huge:
             folder = tmp / "huge"
             folder.mkdir()
@@ -180,6 +213,13 @@ def main() -> None:
             f" {100 * r['end_to_end_share_of_forward']:.0f} % |"
             f" {r['gflop']:.2f} | {r['peak_rss_mb']:.0f} |"
         )
+    print(
+        f"\nWhole process, default config, {process['images']} images 256² RGB: `lista detect` took"
+        f" {process['one_image_s']:.2f} s for 1 image (start-up: Python, torch, the model) and"
+        f" {process['all_images_s']:.2f} s for all: {process['whole_img_s']:.1f} images/s whole process,"
+        f" {process['marginal_img_s']:.1f} images/s after start-up, {process['in_process_img_s']:.1f} in-process"
+        f" ({100 * process['whole_img_s'] / process['in_process_img_s']:.0f} % of it)."
+    )
     if args.huge:
         print(f"\n8000x8000 gray (native, tiled): peak RSS {huge['peak_rss_mb']:.0f} MB, {huge['seconds']:.1f} s")
     print(
@@ -187,7 +227,9 @@ def main() -> None:
         f" process baseline RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
     )
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"rows": rows, "huge": huge if args.huge else None}, indent=2))
+    args.json.write_text(
+        json.dumps({"rows": rows, "whole_process": process, "huge": huge if args.huge else None}, indent=2)
+    )
 
 
 if __name__ == "__main__":
