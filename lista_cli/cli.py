@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import json
 import sys
-import traceback
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.text import Text
 
-EXIT_OK, EXIT_USER, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERNAL = 0, 1, 2, 3, 4
+from .console import (
+    EXIT_PARTIAL,
+    err,
+    errors,
+    print_eval_table,
+    print_json,
+    print_threshold_report,
+    print_train_summary,
+    progress_bar,
+    report_failure,
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -26,9 +32,6 @@ app = typer.Typer(
     help="Find defects in texture images (deep-unfolded ISTA for robust PCA).\n\n"
     "Exit codes: 0 ok; 1 input, config, model or output error; 2 usage; 3 some inputs failed; 4 internal error.",
 )
-# Messages echo paths, options and values the user typed: print them literally (no Rich
-# markup, no :emoji: codes, no highlighting); styles come only from Text objects.
-err = Console(stderr=True, markup=False, emoji=False, highlight=False)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (see configs/default.yaml).")]
 SetOpt = Annotated[
@@ -39,35 +42,6 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
 ThreadsOpt = Annotated[int, typer.Option("--threads", help="CPU threads for torch (0 = all cores).", min=0)]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps; auto uses a GPU when present.")]
-
-
-@contextmanager
-def _errors(debug: bool):
-    """Print a user error as one line and exit 1; anything unexpected exits 4."""
-    from .errors import ListaError
-
-    try:
-        yield
-    except ListaError as exc:
-        if debug:
-            traceback.print_exc()
-        err.print(Text.assemble(("error:", "bold red"), f" {exc}"), soft_wrap=True)
-        raise typer.Exit(EXIT_USER) from None
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        raise typer.Exit(130) from None
-    except typer.Exit:
-        raise
-    except Exception as exc:  # noqa: BLE001 - last-resort report
-        if debug:
-            traceback.print_exc()
-        err.print(
-            Text.assemble(
-                ("internal error:", "bold red"), f" {type(exc).__name__}: {exc} (rerun with --debug for details)"
-            ),
-            soft_wrap=True,
-        )
-        raise typer.Exit(EXIT_INTERNAL) from None
 
 
 def _setup_torch(threads: int) -> None:
@@ -98,21 +72,6 @@ def _device(name: str) -> str:
     return name
 
 
-def _progress(quiet: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        console=err,
-        disable=quiet,
-        transient=False,
-    )
-
-
 @app.command()
 def train(
     data_dir: Annotated[
@@ -127,14 +86,14 @@ def train(
     debug: DebugOpt = False,
 ) -> None:
     """Train a model on normal images and write one checkpoint file."""
-    with _errors(debug):
+    with errors(debug):
         from .config import load_config
 
         cfg = load_config(config, set_ or [])
         _setup_torch(threads or cfg.train.threads)
         from .train import train as run_train
 
-        with _progress(quiet) as progress:
+        with progress_bar(quiet) as progress:
             total = cfg.train.steps * len(cfg.data.scales) if cfg.model.learn else 0
             task = progress.add_task("train", total=total, info="")
             state = {"val": float("nan")}
@@ -155,36 +114,7 @@ def train(
         if json_out:
             print(json.dumps({"model": str(out), **summary.__dict__}))
         elif not quiet:
-            err.print(
-                f"trained on {summary.images - summary.held_out} images ({summary.held_out} held out), "
-                f"{summary.channels} channel(s), {summary.steps} steps per scale in {summary.seconds:.1f}s; "
-                f"image threshold {summary.threshold:.4g}, mask threshold {summary.pixel_threshold:.4g}",
-                highlight=False,
-                soft_wrap=True,
-            )
-            compared = ", ".join(f"{label} {score:.3f}" for label, score in summary.size_scores.items())
-            err.print(
-                f"  working size {summary.image_size}" + (f" (validation: {compared})" if compared else ""),
-                highlight=False,
-                soft_wrap=True,
-            )
-            for scale in summary.scales:
-                err.print(
-                    f"  scale 1/{scale['factor']}: subspace rank {scale['rank']}, validation "
-                    f"{scale['val_auroc_start']:.3f} -> {scale['val_auroc_best']:.3f} (kept step {scale['best_step']})",
-                    highlight=False,
-                    soft_wrap=True,
-                )
-            err.print(
-                f"  maps combined with sparse share {summary.sparse_share:g}, residual weight"
-                f" {summary.residual_weight:g}: validation"
-                f" {summary.val_auroc:.3f} (mean pixel AUROC over defect families)",
-                highlight=False,
-                soft_wrap=True,
-            )
-            families = ", ".join(f"{name} {value:.3f}" for name, value in summary.val_families.items())
-            err.print(f"  validation pixel AUROC per defect family: {families}", soft_wrap=True)
-            err.print(f"wrote {out}", highlight=False)
+            print_train_summary(summary, out)
 
 
 RecursiveOpt = Annotated[bool, typer.Option("--recursive/--no-recursive", help="Search folders recursively.")]
@@ -210,16 +140,8 @@ def _gather_inputs(inputs: list[str], recursive: bool, ext: str | None):
         reasons = "; ".join(message for _, message in found.problems) or "no inputs"
         raise InputError(f"no images to process: {reasons}")
     for _, message in found.problems:
-        _report_failure("", message)
+        report_failure("", message)
     return found
-
-
-def _report_failure(path: str, message: str) -> None:
-    err.print(Text.assemble(("failed:", "red"), f" {message}"), soft_wrap=True)
-
-
-def _print_json(row: dict) -> None:
-    print(json.dumps(row), flush=True)
 
 
 @app.command()
@@ -258,7 +180,7 @@ def detect(
     Exit 0 when every image was processed; 3 when some failed (the rest were processed;
     failures on stderr and in failures.csv); 1 when nothing could start (bad model,
     inputs or output folder)."""
-    with _errors(debug):
+    with errors(debug):
         _setup_torch(threads)
         from .checkpoint import load_checkpoint
         from .detect import check_output_dir, failures_path, scores_path, write_failures
@@ -281,7 +203,7 @@ def detect(
                 raise ListaError(f"--threshold {threshold:g}: expected a score above 0")
             detector.calibration.threshold = threshold
         images = select_shard(found.images, shard_spec)
-        with _progress(quiet) as progress:
+        with progress_bar(quiet) as progress:
             task = progress.add_task("detect", total=len(images), info="")
             summary = run_detect(
                 detector,
@@ -290,8 +212,8 @@ def detect(
                 batch=batch,
                 shard=shard_spec,
                 skip_existing=skip_existing,
-                on_result=_print_json if json_out else None,
-                on_failure=_report_failure,
+                on_result=print_json if json_out else None,
+                on_failure=report_failure,
                 on_progress=lambda n: progress.advance(task, n),
                 on_warning=lambda m: quiet or err.print(f"warning: {m}", highlight=False),
             )
@@ -345,7 +267,7 @@ def threshold_command(
     MVTec-style folder with defects) picks the best F1 or the highest threshold reaching
     that recall; both together must be met at once. Prints the false-positive rate and
     recall with the counts they rest on."""
-    with _errors(debug):
+    with errors(debug):
         _setup_torch(threads)
         from .errors import ListaError
         from .thresholds import parse_target, set_thresholds
@@ -363,23 +285,7 @@ def threshold_command(
                 json.dumps({"model": str(destination), **report.__dict__, "fpr": report.fpr, "recall": report.recall})
             )
         if not quiet:
-            err.print(
-                f"image threshold {report.previous_threshold:.6g} -> {report.threshold:.6g}, mask threshold"
-                f" {report.previous_pixel_threshold:.6g} -> {report.pixel_threshold:.6g}",
-                highlight=False,
-            )
-            err.print(
-                f"  normal images flagged: {report.normal_flagged} of {report.normal_images}"
-                + (f" (false-positive rate {report.fpr:.1%})" if report.normal_images else ""),
-                highlight=False,
-            )
-            if report.defective_images:
-                err.print(
-                    f"  defective images found: {report.defective_found} of {report.defective_images}"
-                    f" (recall {report.recall:.1%})",
-                    highlight=False,
-                )
-            err.print(f"wrote {destination}", highlight=False)
+            print_threshold_report(report, destination)
 
 
 @app.command("report")
@@ -390,7 +296,7 @@ def report_command(
 ) -> None:
     """Write OUT/report.html: summary, score histogram and a gallery of image, heatmap and mask
     sorted by score, with each image's regions. Opens from disk; needs lista-cli[report]."""
-    with _errors(debug):
+    with errors(debug):
         from .report import detect_report
 
         page = detect_report(out)
@@ -405,7 +311,7 @@ def merge_scores(
     debug: DebugOpt = False,
 ) -> None:
     """Join the shards' scores.shard-I-of-N.csv into scores.csv (and their failures files)."""
-    with _errors(debug):
+    with errors(debug):
         from .detect import merge_scores as run_merge
 
         rows, shards = run_merge(out)
@@ -431,7 +337,7 @@ def evaluate(
 
     Image and pixel AUROC, AUPRO (FPR <= 0.3), F1-max with its threshold, and F1 at the
     model's calibrated threshold."""
-    with _errors(debug):
+    with errors(debug):
         _setup_torch(threads)
         from .checkpoint import load_checkpoint
         from .evaluate import evaluate as run_eval
@@ -455,38 +361,21 @@ def evaluate(
         if json_out:
             print(json.dumps(report))
             return
-        from rich.table import Table
-
-        from .evaluate import EVAL_COLUMNS as columns
-
-        thresholds = f"image threshold {report['threshold']:.4g}, mask threshold {report['pixel_threshold']:.4g}"
-        table = Table(title=Text(f"{dataset}  ({thresholds})"))
-        table.add_column("kind")
-        for title in columns.values():
-            table.add_column(title, justify="right")
-        rows = [(Text(kind), row) for kind, row in report["kinds"].items()] + [(Text("all", style="bold"), report)]
-        for kind, row in rows:
-            table.add_row(kind, *(str(row[k]) if k == "images" else _fmt(row[k]) for k in columns))
-        out_console = Console()
-        Console(width=max(out_console.width, 132)).print(table)
-
-
-def _fmt(value: float) -> str:
-    return "-" if value != value else f"{value:.3f}"
+        print_eval_table(report, dataset)
 
 
 def _run_batch(run, found, out: Path, quiet: bool, json_out: bool, label: str, **kwargs) -> None:
     """Shared driver of deblur / blur: progress, JSON lines, failures file, exit code."""
     from .detect import write_failures
 
-    with _progress(quiet) as progress:
+    with progress_bar(quiet) as progress:
         task = progress.add_task(label, total=len(found.images), info="")
         summary = run(
             found.images,
             out,
             **kwargs,
-            on_result=_print_json if json_out else None,
-            on_failure=_report_failure,
+            on_result=print_json if json_out else None,
+            on_failure=report_failure,
             on_progress=lambda n: progress.advance(task, n),
         )
     failures = found.problems + summary.failures
@@ -535,7 +424,7 @@ def deblur(
 
     With --alpha auto the weight follows the discrepancy principle (noise given or
     estimated) or GCV; the chosen alpha is reported per image (--json)."""
-    with _errors(debug):
+    with errors(debug):
         from .blur import Blur, parse_psf
         from .errors import ListaError
         from .restore import deblur_images
@@ -589,7 +478,7 @@ def blur(
     debug: DebugOpt = False,
 ) -> None:
     """Blur images with a PSF and optional noise, to try a deblurring set-up."""
-    with _errors(debug):
+    with errors(debug):
         from .blur import Blur, parse_psf
         from .restore import blur_images
 
@@ -601,7 +490,7 @@ def blur(
 @app.command("config")
 def show_config(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False) -> None:
     """Print the merged configuration (defaults, then --config, then --set) as YAML."""
-    with _errors(debug):
+    with errors(debug):
         from .config import load_config, to_yaml
 
         sys.stdout.write(to_yaml(load_config(config, set_ or [])))
