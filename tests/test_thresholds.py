@@ -155,3 +155,21 @@ def test_threshold_command_bad_requests_are_one_line_exit_1(trained, tmp_path, a
     assert result.exit_code == 1, result.output
     assert message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "new.pt").exists()
+
+
+def test_in_place_rewrites_the_model_with_the_new_thresholds(trained, tmp_path):
+    import shutil
+
+    from lista_cli.checkpoint import load_checkpoint
+
+    model, mvtec = trained
+    copy = tmp_path / "copy.pt"
+    shutil.copy(model, copy)
+    before = load_checkpoint(copy)
+    result = runner.invoke(app, ["threshold", str(copy), str(mvtec), "--target", "f1", "--in-place", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.splitlines()[0])
+    after = load_checkpoint(copy)
+    assert after.threshold == pytest.approx(report["threshold"]) and after.pixel_threshold <= after.threshold
+    assert after.calibration.map_weights == before.calibration.map_weights  # only the thresholds change
+    assert [s.model.state_dict().keys() for s in after.scales] == [s.model.state_dict().keys() for s in before.scales]
