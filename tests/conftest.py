@@ -12,9 +12,12 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data" / "paper_BRG01"
 
 
+RNG_SEED = 20261123
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
-    return np.random.default_rng(20261123)
+    return np.random.default_rng(RNG_SEED)
 
 
 def texture(rng: np.random.Generator, height: int, width: int, colour: bool = True) -> np.ndarray:

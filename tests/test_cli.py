@@ -13,16 +13,20 @@ from typer.testing import CliRunner
 
 from lista_cli.cli import app
 
-from .conftest import texture
+from .conftest import RNG_SEED, make_mvtec, texture
 
 runner = CliRunner()
 FAST = ["--set", "train.steps=4", "--set", "train.val_every=2", "--set", "train.batch=4", "--quiet"]
 
 
-@pytest.fixture
-def model(mvtec, tmp_path):
-    path = tmp_path / "model.pt"
-    result = runner.invoke(app, ["train", str(mvtec), "--out", str(path), *FAST])
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """One model for the module, trained on the same data the `mvtec` fixture makes (same
+    seed); tests copy it before changing it."""
+    root = tmp_path_factory.mktemp("cli_model")
+    data = make_mvtec(root / "data", np.random.default_rng(RNG_SEED))
+    path = root / "model.pt"
+    result = runner.invoke(app, ["train", str(data), "--out", str(path), *FAST])
     assert result.exit_code == 0, result.output
     return path
 
