@@ -70,8 +70,9 @@ def run(folder: Path, overrides: list[str], work: Path) -> dict:
     summary = train(folder, cfg, model_path)
     train_seconds = time.perf_counter() - started
     detector = load_checkpoint(model_path)
-    report = evaluate(detector, folder)
-    _, _, maps, masks, _, _ = score_dataset(detector, folder)
+    scored = score_dataset(detector, folder)  # scored once: the report and the min_region table
+    report = evaluate(detector, folder, scored)
+    maps, masks = scored[2], scored[3]
     by_min_region = {m: region_metrics(detector, maps, masks, m) for m in MIN_REGIONS}
     inputs = collect_inputs([str(folder / "test")]).images
     result = detect(detector, inputs, work / "out")

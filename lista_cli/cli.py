@@ -192,9 +192,9 @@ def detect(
         if report:
             if shard_spec is not None:
                 raise ListaError("--report needs the whole batch: run lista report DIR after merge-scores")
-            from .report import _libraries
+            from .report import require_libraries
 
-            _libraries()  # a missing extra is reported before any work
+            require_libraries()  # a missing extra is reported before any work
         found = _gather_inputs(inputs, recursive, ext)
         check_output_dir(out)
         detector = load_checkpoint(model, _device(device))
@@ -343,9 +343,9 @@ def evaluate(
         from .evaluate import evaluate as run_eval
 
         if report_path is not None:
-            from .report import _libraries
+            from .report import require_libraries
 
-            _libraries()  # a missing extra is reported before any work
+            require_libraries()  # a missing extra is reported before any work
         detector = load_checkpoint(model, _device(device))
         report = run_eval(detector, dataset)
         if report_path is not None:

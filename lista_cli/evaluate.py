@@ -99,9 +99,10 @@ def region_metrics(
     }
 
 
-def evaluate(detector: Detector, root: Path) -> dict[str, Any]:
-    """Overall metrics and, per defect kind, the metrics on that kind plus the good images."""
-    items, scores, maps, masks, decisions, predicted = score_dataset(detector, root)
+def evaluate(detector: Detector, root: Path, scored: tuple | None = None) -> dict[str, Any]:
+    """Overall metrics and, per defect kind, the metrics on that kind plus the good images.
+    `scored`: score_dataset's output for this detector and folder, if already computed."""
+    items, scores, maps, masks, decisions, predicted = scored or score_dataset(detector, root)
     labels = np.array([item.is_anomalous for item in items])
     report = {
         "dataset": str(root),

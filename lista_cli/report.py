@@ -28,7 +28,7 @@ class ReportError(ListaError):
     """A folder a report cannot be made from, or the report extra missing (exit code 1)."""
 
 
-def _libraries():
+def require_libraries():
     try:
         import jinja2
         import matplotlib
@@ -99,7 +99,7 @@ def curves_svg(labels: np.ndarray, scores: np.ndarray, threshold: float) -> str:
 
 
 def _render(name: str, **context: Any) -> str:
-    jinja2 = _libraries()
+    jinja2 = require_libraries()
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("lista_cli", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
     )
