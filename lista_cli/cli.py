@@ -201,7 +201,7 @@ def detect(
         if threshold is not None:
             if threshold <= 0:
                 raise ListaError(f"--threshold {threshold:g}: expected a score above 0")
-            detector.calibration.threshold = threshold
+            detector.override_threshold(threshold)
         images = select_shard(found.images, shard_spec)
         with progress_bar(quiet) as progress:
             task = progress.add_task("detect", total=len(images), info="")

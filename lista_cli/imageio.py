@@ -91,6 +91,15 @@ def resized_shape(height: int, width: int, shorter_side: int | None) -> tuple[in
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
+def working_shape(height: int, width: int, image_size: int | None, factor: float | None = None) -> tuple[int, int]:
+    """The shape an image of (height, width) has at a model's resolution: scaled by `factor`
+    (a size chosen at train time, the same for every image) when given, else with its
+    shorter side `image_size` (None keeps it)."""
+    if factor is not None:
+        return max(1, round(height * factor)), max(1, round(width * factor))
+    return resized_shape(height, width, image_size)
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp) on a temporary file beside `path`, then rename it into place."""
     path = Path(path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,32 +13,10 @@ import torch.nn.functional as F
 from . import edges, patches, scoring
 from .config import Config
 from .context import ContextBank
-from .imageio import ImageError, resized_shape, to_channels
+from .imageio import ImageError, to_channels, working_shape
 from .model import UnfoldedISTA
-from .regions import Region, find_regions
+from .regions import Result, decide
 from .typicality import CodeBank, log_residual
-
-
-class Result(NamedTuple):
-    """Detection result of one image; `anomaly_map` and `mask` have the input's own height and
-    width. The image is anomalous exactly when it has a region; the mask is the union of its
-    regions (empty otherwise)."""
-
-    score: float
-    normalized_score: float
-    anomalous: bool
-    anomaly_map: np.ndarray  # (H, W) float32
-    mask: np.ndarray  # (H, W) bool
-    regions: list[Region]
-
-
-def working_shape(height: int, width: int, image_size: int | None, factor: float | None = None) -> tuple[int, int]:
-    """The shape an image of (height, width) has at the model's resolution: scaled by
-    `factor` (a size chosen at train time, the same for every image) when given, else
-    with its shorter side `image_size` (None keeps it)."""
-    if factor is not None:
-        return max(1, round(height * factor)), max(1, round(width * factor))
-    return resized_shape(height, width, image_size)
 
 
 def to_tensor(array: np.ndarray, channels: int, image_size: int | None, factor: float | None = None) -> torch.Tensor:
@@ -291,18 +269,15 @@ class Detector:
         return self.threshold if level is None else min(float(level), self.threshold)
 
     def decide(self, anomaly_map: np.ndarray, min_region: int | None = None) -> Result:
-        """The result of one (H, W) map at the input's own size. An image whose score (the
-        map's maximum) reaches the image threshold gets the regions of its pixels at or above
-        the mask threshold that have at least `min_region` (default `score.min_region`) px;
-        it is anomalous when at least one is left. Score, regions and mask all come from
-        this one map."""
+        """The result of one (H, W) map at the input's own size (regions.decide), with at
+        least `min_region` (default `score.min_region`) px per region."""
         score = float(self.image_scores(torch.from_numpy(anomaly_map)[None])[0])
-        normalized = score / self.threshold
-        mask, regions = np.zeros(anomaly_map.shape, dtype=bool), []
-        if normalized >= 1.0:
-            smallest = self.config.score.min_region if min_region is None else min_region
-            mask, regions = find_regions(anomaly_map, anomaly_map >= self.pixel_threshold, smallest)
-        return Result(score, normalized, bool(regions), anomaly_map, mask, regions)
+        smallest = self.config.score.min_region if min_region is None else min_region
+        return decide(anomaly_map, score, self.threshold, self.pixel_threshold, smallest)
+
+    def override_threshold(self, threshold: float) -> None:
+        """Use this image threshold instead of the calibrated one (for this run)."""
+        self.calibration.threshold = threshold
 
     @torch.inference_mode()
     def detect_batch(self, arrays: list[np.ndarray]) -> list[Result]:

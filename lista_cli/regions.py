@@ -129,3 +129,28 @@ def find_regions(anomaly_map: np.ndarray, mask: np.ndarray, min_area: int = 0) -
     keep = np.zeros(count + 1, dtype=bool)
     keep[kept + 1] = True
     return keep[labels], regions
+
+
+class Result(NamedTuple):
+    """Detection result of one image; `anomaly_map` and `mask` have the input's own height and
+    width. The image is anomalous exactly when it has a region; the mask is the union of its
+    regions (empty otherwise)."""
+
+    score: float
+    normalized_score: float
+    anomalous: bool
+    anomaly_map: np.ndarray  # (H, W) float32
+    mask: np.ndarray  # (H, W) bool
+    regions: list[Region]
+
+
+def decide(anomaly_map: np.ndarray, score: float, threshold: float, pixel_threshold: float, min_region: int) -> Result:
+    """The decision on one (H, W) map at the input's own size whose image score is `score`.
+    An image whose score reaches `threshold` gets the regions of its pixels at or above
+    `pixel_threshold` that have at least `min_region` px; it is anomalous when at least one
+    is left. Score, regions and mask all come from this one map."""
+    normalized = score / threshold
+    mask, regions = np.zeros(anomaly_map.shape, dtype=bool), []
+    if normalized >= 1.0:
+        mask, regions = find_regions(anomaly_map, anomaly_map >= pixel_threshold, min_region)
+    return Result(score, normalized, bool(regions), anomaly_map, mask, regions)

@@ -10,14 +10,20 @@ import torch.nn.functional as F
 from . import patches
 
 
+def gaussian_kernel(sigma: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Normalised 1-D Gaussian of radius ceil(3 sigma) (at least 1)."""
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=dtype)
+    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
+    return kernel / kernel.sum()
+
+
 def gaussian_smooth(maps: torch.Tensor, sigma: float, border: str = "reflect") -> torch.Tensor:
     """Separable Gaussian blur of (B, H, W) maps with reflective (or replicated) borders."""
     if sigma <= 0:
         return maps
-    radius = max(1, math.ceil(3 * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
-    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
+    kernel = gaussian_kernel(sigma, maps.dtype)
+    radius = len(kernel) // 2
     height, width = maps.shape[-2:]
     mode = border if border == "replicate" or radius < min(height, width) else "replicate"
     padded = F.pad(maps[:, None], (radius, radius, radius, radius), mode=mode)[:, 0]
