@@ -24,6 +24,7 @@ from .console import (
     print_train_summary,
     progress_bar,
     report_failure,
+    say,
 )
 
 app = typer.Typer(
@@ -70,6 +71,22 @@ def _device(name: str) -> str:
     if name not in ("cpu", "cuda", "mps"):
         raise ListaError(f"--device must be auto, cpu, cuda or mps, got {name!r}")
     return name
+
+
+def _load_model(path: Path, device: str, threads: int):
+    """A checkpoint as a Detector, or an exported MODEL.onnx as an OnnxDetector (ONNX Runtime
+    on the CPU, no torch)."""
+    if path.suffix.lower() == ".onnx":
+        from .errors import ListaError
+        from .onnx_model import OnnxDetector
+
+        if device not in ("auto", "cpu"):
+            raise ListaError(f"--device {device}: an exported model runs on the CPU (ONNX Runtime)")
+        return OnnxDetector(path, threads)
+    _setup_torch(threads)
+    from .checkpoint import load_checkpoint
+
+    return load_checkpoint(path, _device(device))
 
 
 @app.command()
@@ -146,7 +163,9 @@ def _gather_inputs(inputs: list[str], recursive: bool, ext: str | None):
 
 @app.command()
 def detect(
-    model: Annotated[Path, typer.Argument(help="Model file from `lista train`.")],
+    model: Annotated[
+        Path, typer.Argument(help="Model file from `lista train`, or MODEL.onnx from `lista export` (ONNX Runtime).")
+    ],
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders, globs, or - for paths on stdin.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (mirrors input folders).")],
     recursive: RecursiveOpt = True,
@@ -181,8 +200,6 @@ def detect(
     failures on stderr and in failures.csv); 1 when nothing could start (bad model,
     inputs or output folder)."""
     with errors(debug):
-        _setup_torch(threads)
-        from .checkpoint import load_checkpoint
         from .detect import check_output_dir, failures_path, scores_path, write_failures
         from .detect import detect as run_detect
         from .errors import ListaError
@@ -197,7 +214,7 @@ def detect(
             require_libraries()  # a missing extra is reported before any work
         found = _gather_inputs(inputs, recursive, ext)
         check_output_dir(out)
-        detector = load_checkpoint(model, _device(device))
+        detector = _load_model(model, device, threads)
         if threshold is not None:
             if threshold <= 0:
                 raise ListaError(f"--threshold {threshold:g}: expected a score above 0")
@@ -286,6 +303,40 @@ def threshold_command(
             )
         if not quiet:
             print_threshold_report(report, destination)
+
+
+@app.command("export")
+def export_command(
+    model: Annotated[Path, typer.Argument(help="Model file from `lista train`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the exported model (e.g. texture.onnx).")],
+    format_: Annotated[str, typer.Option("--format", help="onnx (the only format).")] = "onnx",
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Write the whole detector as one ONNX file: from a decoded image (float32 height x width x
+    1 or 3 channels in [0, 1]) to its anomaly map, image score and thresholds. It scores like
+    the checkpoint (`lista detect OUT` runs it through ONNX Runtime). Needs lista-cli[onnx];
+    models it cannot express exactly are refused."""
+    with errors(debug):
+        from .errors import ListaError
+
+        if format_ != "onnx":
+            raise ListaError(f"--format {format_}: expected onnx")
+        if out.resolve() == model.resolve():
+            raise ListaError(f"--out {out}: would overwrite the model file")
+        from .export import export, require_onnx
+
+        require_onnx()  # a missing extra is reported before the checkpoint is read
+        _setup_torch(0)
+        from .checkpoint import load_checkpoint
+
+        detector = load_checkpoint(model, "cpu")
+        written = export(detector, out)
+        if json_out:
+            print_json({"model": str(model), "out": str(written), "format": "onnx", "bytes": written.stat().st_size})
+        if not quiet:
+            say(f"exported to {written} ({written.stat().st_size / 1e6:.1f} MB)")
 
 
 @app.command("report")

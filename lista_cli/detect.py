@@ -17,14 +17,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ListaError
 from .imageio import ImageError, atomic_write, read_image
 from .inputs import InputImage, shard_suffix
-from .pipeline import Detector
 from .regions import REGION_COLUMNS
 from .writer import output_paths, write_outputs
+
+if TYPE_CHECKING:  # the batch runner also runs exported models (onnx_model), without torch
+    from .onnx_model import OnnxDetector
+    from .pipeline import Detector
 
 SCORE_COLUMNS = ["image", "score", "normalized_score", "anomalous", "heatmap", "mask", "map"]
 REGION_FILE_COLUMNS = ["image", "region", *REGION_COLUMNS]
@@ -127,7 +130,7 @@ def write_failures(path: Path, failures: list[tuple[str, str]]) -> None:
 
 
 def detect(
-    detector: Detector,
+    detector: Detector | OnnxDetector,
     images: list[InputImage],
     out_dir: Path,
     batch: int = 16,

@@ -1,0 +1,234 @@
+"""`lista export` and exported models: the ONNX graph scores like the checkpoint it came from.
+
+The reference is the PyTorch Detector (`detect_batch`), an independent code path: the graph
+is written operator by operator (interpolation matrices, one-hot convolutions for patches,
+transposed convolutions for folding, TopK for the median), not traced from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from lista_cli.cli import app
+from lista_cli.imageio import read_image
+
+from .conftest import REPO, SAMPLE, make_mvtec, train_tiny
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from lista_cli.checkpoint import load_checkpoint  # noqa: E402
+from lista_cli.export import export  # noqa: E402
+from lista_cli.onnx_model import OnnxDetector  # noqa: E402
+
+runner = CliRunner()
+TOLERANCE = 1e-4  # on maps divided by the image threshold (1.0 = the threshold)
+
+VARIANTS = {
+    "default": [],
+    "gray, resized, two scales": ["--set", "data.channels=gray", "--set", "data.image_size=30"],
+    "three scales, full layers, FISTA, top-k": [
+        "--set",
+        "data.scales=[1,2,3]",
+        "--set",
+        "model.layer=full",
+        "--set",
+        "model.fista=true",
+        "--set",
+        "score.image_score=topk",
+    ],
+    "ALISTA, absolute thresholds, no bank, no smoothing": [
+        "--set",
+        "model.layer=alista",
+        "--set",
+        "model.relative_threshold=false",
+        "--set",
+        "score.bank_size=0",
+        "--set",
+        "score.smooth_sigma=0",
+        "--set",
+        "data.scales=[1]",
+    ],
+}
+
+
+def fresh_images(rng: np.random.Generator) -> list[np.ndarray]:
+    """Random images of odd sizes, gray and RGB, and crops of real paper photographs."""
+    real = [read_image(path) for path in sorted((SAMPLE / "test").glob("*/*.png"))[:2]]
+    return [
+        rng.random((41, 53, 3), dtype=np.float32),
+        rng.random((67, 39, 1), dtype=np.float32),
+        real[0][3:104, 11:88],
+        real[1][:, :, :1][5:, 7:],
+    ]
+
+
+def assert_same_results(detector, exported: OnnxDetector, arrays: list[np.ndarray]) -> None:
+    for array, expected, got in zip(arrays, detector.detect_batch(arrays), exported.detect_batch(arrays), strict=True):
+        assert got.anomaly_map.shape == array.shape[:2]
+        gap = np.abs(got.anomaly_map - expected.anomaly_map).max() / detector.threshold
+        assert gap <= TOLERANCE, f"{array.shape}: maps differ by {gap:.2e} of the threshold"
+        assert got.score == pytest.approx(expected.score, rel=TOLERANCE)
+        assert got.anomalous == expected.anomalous
+        assert len(got.regions) == len(expected.regions)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_exported_model_scores_like_the_checkpoint(variant, tmp_path, rng):
+    data = make_mvtec(tmp_path / "data", rng)
+    checkpoint = train_tiny(data, tmp_path / "model.pt", *VARIANTS[variant])
+    detector = load_checkpoint(checkpoint)
+    exported = OnnxDetector(export(detector, tmp_path / "model.onnx"))
+    assert exported.threshold == pytest.approx(detector.threshold)
+    assert exported.pixel_threshold == pytest.approx(detector.pixel_threshold)
+    arrays = fresh_images(rng)
+    arrays += [read_image(path) for path in sorted((data / "test").glob("*/*.png"))]
+    assert_same_results(detector, exported, arrays)
+
+
+def test_exported_model_with_an_automatic_working_size_below_one(tmp_path, rng):
+    """Images of 150 x 170 px may be scored at 128 px: the graph resizes with PyTorch's
+    antialiased weights (ONNX's own antialiased Resize differs by up to 0.05)."""
+    data = make_mvtec(tmp_path / "data", rng, size=(150, 170), n_train=4)
+    detector = load_checkpoint(train_tiny(data, tmp_path / "model.pt", "--set", "data.image_size=128"))
+    exported = OnnxDetector(export(detector, tmp_path / "model.onnx"))
+    arrays = [rng.random((151, 199, 3), dtype=np.float32), rng.random((203, 161, 1), dtype=np.float32)]
+    assert_same_results(detector, exported, arrays + fresh_images(rng))
+    detector.config.data.image_size = "auto"
+    detector.working_scale = 0.7519  # as training picks it: one factor for every image
+    exported = OnnxDetector(export(detector, tmp_path / "scaled.onnx"))
+    assert_same_results(detector, exported, arrays)
+
+
+@pytest.fixture(scope="module")
+def exported_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("exported")
+    data = make_mvtec(root / "data", np.random.default_rng(5))
+    checkpoint = train_tiny(data, root / "model.pt")
+    result = runner.invoke(app, ["export", str(checkpoint), "--out", str(root / "model.onnx"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return data, checkpoint, root / "model.onnx"
+
+
+def test_detect_with_an_exported_model_writes_what_the_checkpoint_writes(exported_model, tmp_path):
+    data, checkpoint, model = exported_model
+    Image.fromarray(np.full((4, 4, 3), 128, np.uint8)).save(data / "test" / "good" / "tiny.png")
+    (data / "test" / "good" / "broken.png").write_bytes(b"not an image")
+    try:
+        outputs = {}
+        for name, path in (("onnx", model), ("checkpoint", checkpoint)):
+            result = runner.invoke(app, ["detect", str(path), str(data / "test"), "--out", str(tmp_path / name), "-q"])
+            assert result.exit_code == 3, result.output  # the two bad images fail, the rest are scored
+            assert "broken.png" in result.output and "tiny.png" in result.output
+            outputs[name] = (tmp_path / name / "scores.csv").read_text().splitlines()
+    finally:
+        (data / "test" / "good" / "tiny.png").unlink()
+        (data / "test" / "good" / "broken.png").unlink()
+    assert len(outputs["onnx"]) == len(outputs["checkpoint"]) == 5
+    for got, expected in zip(outputs["onnx"][1:], outputs["checkpoint"][1:], strict=True):
+        got, expected = got.split(","), expected.split(",")
+        assert got[0] == expected[0] and got[3:] == expected[3:]  # image, decision, output files
+        assert float(got[2]) == pytest.approx(float(expected[2]), abs=TOLERANCE)
+    regions = [(tmp_path / name / "regions.csv").read_text().count("\n") for name in ("onnx", "checkpoint")]
+    assert regions[0] == regions[1]
+
+
+def test_an_image_too_large_for_one_tile_is_one_failure(exported_model, tmp_path):
+    data, _, model = exported_model
+    big = tmp_path / "big.png"
+    Image.fromarray(np.full((40, 1100, 3), 100, np.uint8)).save(big)
+    result = runner.invoke(app, ["detect", str(model), str(big), "--out", str(tmp_path / "out"), "-q"])
+    assert result.exit_code == 3
+    assert "big.png" in result.output and "does not tile" in result.output
+
+
+def test_export_refuses_models_it_cannot_express(tmp_path, rng):
+    data = make_mvtec(tmp_path / "data", rng)
+    checkpoint = train_tiny(data, tmp_path / "context.pt", "--set", "score.context=true")
+    result = runner.invoke(app, ["export", str(checkpoint), "--out", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 1
+    assert "cannot export this model exactly: score.context" in result.output
+    assert not (tmp_path / "m.onnx").exists()
+    result = runner.invoke(app, ["export", str(checkpoint), "--out", str(tmp_path / "m.pt"), "--format", "torchscript"])
+    assert result.exit_code == 1 and "--format torchscript: expected onnx" in result.output
+
+
+def test_missing_onnx_packages_give_one_line(exported_model, tmp_path, monkeypatch):
+    _, checkpoint, model = exported_model
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    result = runner.invoke(app, ["export", str(checkpoint), "--out", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: exporting needs the onnx package: pip install 'lista-cli[onnx]'"
+    result = runner.invoke(app, ["detect", str(model), str(SAMPLE / "test"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1
+    assert "needs onnxruntime: pip install 'lista-cli[onnx]'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_onnx_files_are_refused(tmp_path):
+    (tmp_path / "text.onnx").write_text("not a model")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "other",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    (tmp_path / "other.onnx").write_bytes(helper.make_model(graph).SerializeToString())
+    expected = {"text.onnx": "not a readable ONNX model", "other.onnx": "not one written by lista export"}
+    for name, message in expected.items():
+        result = runner.invoke(
+            app, ["detect", str(tmp_path / name), str(SAMPLE / "test"), "--out", str(tmp_path / "o")]
+        )
+        assert result.exit_code == 1 and message in result.output and name in result.output, result.output
+
+
+BLOCKER = """
+import importlib.abc, json, sys
+class Blocked(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"torch", "typer", "rich", "yaml", "jinja2", "matplotlib", "scipy", "sklearn"}:
+            raise ImportError(f"{name} is not available here")
+sys.meta_path.insert(0, Blocked())
+from lista_cli.imageio import read_image
+from lista_cli.onnx_model import OnnxDetector
+result = OnnxDetector(sys.argv[1]).detect_batch([read_image(sys.argv[2])])[0]
+print(json.dumps({"score": result.score, "anomalous": result.anomalous, "modules": sorted(sys.modules)}))
+"""
+
+
+def test_an_exported_model_scores_with_onnxruntime_numpy_and_pillow_only(exported_model):
+    """What a production PC needs: the runner imports no torch (nor any other lista
+    dependency); an import hook makes every such import fail."""
+    data, checkpoint, model = exported_model
+    image = sorted((data / "test" / "spot").glob("*.png"))[0]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-c", BLOCKER, str(model), str(image)], capture_output=True, text=True, env=env, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert not {"torch", "typer", "rich", "yaml"} & {m.split(".")[0] for m in got["modules"]}
+    expected = load_checkpoint(checkpoint).detect_batch([read_image(image)])[0]
+    assert got["score"] == pytest.approx(expected.score, rel=TOLERANCE)
+    assert got["anomalous"] == expected.anomalous
+
+
+def test_exported_file_carries_its_metadata(exported_model):
+    _, checkpoint, model = exported_model
+    meta = {p.key: p.value for p in onnx.load(str(model)).metadata_props}
+    detector = load_checkpoint(checkpoint)
+    assert meta["format"] == "lista-onnx 1"
+    assert float(meta["threshold"]) == pytest.approx(detector.threshold)
+    assert json.loads(meta["config"])["patch"]["size"] == detector.config.patch.size
+    onnx.checker.check_model(onnx.load(str(model)), full_check=True)
