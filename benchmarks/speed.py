@@ -8,6 +8,8 @@ images/s (the unfolded layers alone), the forward's FLOP count divided by the ma
 rate measured in this run (its floor), the efficiency floor/actual, and the peak resident
 memory of a fresh process scoring one image. Also the default config (trained on 128² images; auto size) at 256²,
 and for it the whole `lista detect` process (start-up included) on 1 and 200 images.
+Then the same native models exported (`lista export`) and run by ONNX Runtime against
+PyTorch, in one process on the same decoded images: images/s of maps and decisions.
 
     python benchmarks/speed.py [--sizes 128,256,512,1024] [--huge]
 """
@@ -109,6 +111,37 @@ def whole_process(model: Path, tmp: Path, count: int) -> dict:
     }
 
 
+def onnx_against_torch(models: dict[int, Path], tmp: Path, sizes: list[int]) -> list[dict]:
+    """In-process images/s of the checkpoint (PyTorch) and its export (ONNX Runtime) on the
+    same decoded images, best of 3 passes each."""
+    from lista_cli.export import export
+    from lista_cli.onnx_model import OnnxDetector
+
+    rows = []
+    for channels, model in models.items():
+        detector = load_checkpoint(model)
+        exported = OnnxDetector(export(detector, tmp / f"native{channels}.onnx"))
+        for size in sizes:
+            count = max(4, min(32, 2**21 // (size * size)))
+            rng = np.random.default_rng(size)
+            arrays = [rng.random((size, size, channels), dtype=np.float32) for _ in range(count)]
+            rates = {}
+            for name, run in (("torch", detector.detect_batch), ("onnx", exported.detect_batch)):
+                run(arrays[:1])
+                best = float("inf")
+                for _ in range(3):
+                    started = time.perf_counter()
+                    for array in arrays:
+                        run([array])
+                    best = min(best, time.perf_counter() - started)
+                rates[name] = count / best
+            rows.append(
+                {"size": size, "channels": channels, "torch_img_s": rates["torch"], "onnx_img_s": rates["onnx"]}
+            )
+            print(rows[-1], file=sys.stderr, flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="128,256,512,1024")
@@ -185,6 +218,7 @@ def main() -> None:
             print(row, file=sys.stderr, flush=True)
         process = whole_process(default_model, tmp, args.process_images)
         print(process, file=sys.stderr, flush=True)
+        onnx_rows = onnx_against_torch(models, tmp, [s for s in map(int, args.sizes.split(",")) if s <= 512])
         if args.huge:
             folder = tmp / "huge"
             folder.mkdir()
@@ -220,6 +254,14 @@ def main() -> None:
         f" {process['marginal_img_s']:.1f} images/s after start-up, {process['in_process_img_s']:.1f} in-process"
         f" ({100 * process['whole_img_s'] / process['in_process_img_s']:.0f} % of it)."
     )
+    print("\n| image (native size) | PyTorch img/s | ONNX Runtime img/s | ONNX / PyTorch |")
+    print("|---|---|---|---|")
+    for r in onnx_rows:
+        kind = "RGB" if r["channels"] == 3 else "gray"
+        print(
+            f"| {r['size']}² {kind} | {r['torch_img_s']:.1f} | {r['onnx_img_s']:.1f} |"
+            f" {r['onnx_img_s'] / r['torch_img_s']:.2f} |"
+        )
     if args.huge:
         print(f"\n8000x8000 gray (native, tiled): peak RSS {huge['peak_rss_mb']:.0f} MB, {huge['seconds']:.1f} s")
     print(
@@ -228,7 +270,9 @@ def main() -> None:
     )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(
-        json.dumps({"rows": rows, "whole_process": process, "huge": huge if args.huge else None}, indent=2)
+        json.dumps(
+            {"rows": rows, "whole_process": process, "onnx": onnx_rows, "huge": huge if args.huge else None}, indent=2
+        )
     )
 
 

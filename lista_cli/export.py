@@ -168,6 +168,8 @@ def _working_size(g: _Graph, detector: Detector, height: str, width: str) -> tup
     from onnx import TensorProto
 
     size = detector.config.data.image_size
+    if detector.working_scale == 1.0:  # round(side * 1.0) = side: PyTorch skips the resize too
+        return None
     if detector.working_scale is not None:
         factor = g.const(detector.working_scale, np.float64)
     elif isinstance(size, int):
@@ -315,8 +317,8 @@ def _scale_maps(g: _Graph, detector: Detector, scale: Scale, image: str) -> list
     if bank is None:
         return maps
 
-    # Nearest bank code in units of its radius (typicality._nearest: the expanded form picks
-    # the code, then the exact distance to it).
+    # Nearest bank code in units of its radius (typicality._nearest: the expanded form
+    # shortlists two codes, their exact distances decide).
     with torch.no_grad():
         weights = bank.radii.square().reciprocal()
         offsets = (bank.codes.square().sum(dim=1) * weights)[None]
@@ -324,15 +326,18 @@ def _scale_maps(g: _Graph, detector: Detector, scale: Scale, image: str) -> list
     rank = bank.codes.shape[1]
     codes = g.op("Reshape", g.op("MatMul", centred, g.const(bank.basis)), g.i64(-1, rank))  # (N, R)
     lifted = g.op("Concat", codes, g.op("ReduceSum", g.op("Mul", codes, codes), g.i64(1), keepdims=1), axis=1)
-    nearest = g.op(
-        "ArgMin", g.op("Add", g.op("MatMul", lifted, g.const(factors)), g.const(offsets)), axis=1, keepdims=0
-    )
-    gap = g.op("Sub", codes, g.op("Gather", g.const(bank.codes), nearest))
-    distance = g.op(
+    expanded = g.op("Add", g.op("MatMul", lifted, g.const(factors)), g.const(offsets))  # (N, M)
+    shortlist = min(2, len(bank.codes))
+    candidates = g.op("TopK", expanded, g.i64(shortlist), outputs=2, axis=1, largest=0, sorted=1)[1]  # (N, 2)
+    gap = g.op("Sub", g.op("Unsqueeze", codes, g.i64(1)), g.op("Gather", g.const(bank.codes), candidates))
+    exact = g.op(
         "Div",
-        g.op("Sqrt", g.op("ReduceSum", g.op("Mul", gap, gap), g.i64(1), keepdims=0)),
-        g.op("Gather", g.const(bank.radii), nearest),
-    )
+        g.op("Sqrt", g.op("ReduceSum", g.op("Mul", gap, gap), g.i64(2), keepdims=0)),
+        g.op("Gather", g.const(bank.radii), candidates),
+    )  # (N, 2)
+    pick = g.op("ArgMin", exact, axis=1, keepdims=1)
+    nearest = g.op("Reshape", g.op("GatherElements", candidates, pick, axis=1), g.i64(-1))
+    distance = g.op("Reshape", g.op("GatherElements", exact, pick, axis=1), g.i64(-1))
     maps.append(_patch_values_map(g, distance, grid_shape, counts, height, width, p, stride))
     if bank.has_residual:  # |log(||Q x||^2 / d + floor) - the nearest code's level|
         level = g.op(
@@ -466,8 +471,9 @@ def metadata(detector: Detector) -> dict[str, object]:
         "channels": detector.channels,
         "image_size": size if isinstance(size, int) else "",
         "working_scale": "" if detector.working_scale is None else repr(detector.working_scale),
-        # The working size must hold one patch at the coarsest scale and the smoothing's reach.
-        "min_side": max(cfg.patch.size * coarsest, radius + 1),
+        # The working size must hold one patch at the coarsest scale (ceil(side / f) >= p)
+        # and exceed the smoothing's radius (its reflected border).
+        "min_side": max((cfg.patch.size - 1) * coarsest + 1, radius + 1),
         "tile_size": cfg.data.tile_size,
         "min_region": cfg.score.min_region,
         "threshold": repr(detector.threshold),

@@ -174,22 +174,27 @@ def build_bank(
 
 def _nearest(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For (n, R) points: the index of the centre minimising ||p - c_j|| / r_j, and that ratio.
-
     With w_j = 1 / r_j^2, ||p - c_j||^2 w_j = ||p||^2 w_j + ||c_j||^2 w_j - 2 p.(c_j w_j): one
     matrix product of [p, ||p||^2] with [-2 c_j w_j; w_j] per block of DISTANCE_BLOCK points
-    gives every scaled squared distance. Then the exact distance to the chosen centre (the
-    expanded form cancels badly when p is close to c_j)."""
+    gives every scaled squared distance. That expanded form cancels badly when p is close to
+    c_j, so it only shortlists the best two; the exact distances decide between them (and
+    are returned). Two codes then swap only at a true tie: the choice does not hang on how
+    a matrix product rounds (an exported model agrees with this one)."""
     weights = radii.square().reciprocal()  # (M,)
     offsets = (centres.square().sum(dim=1) * weights)[None]  # (1, M)
     factors = torch.cat([-2 * centres.T * weights, weights[None]])  # (R + 1, M)
-    chosen = []
+    shortlist = min(2, len(centres))
+    candidates = []
     for i in range(0, len(points), DISTANCE_BLOCK):
         block = points[i : i + DISTANCE_BLOCK]
         lifted = torch.cat([block, block.square().sum(dim=1, keepdim=True)], dim=1)  # (b, R + 1)
-        chosen.append(torch.addmm(offsets, lifted, factors).argmin(dim=1))
-    index = torch.cat(chosen) if chosen else torch.zeros(0, dtype=torch.long)
-    exact = (points - centres[index]).square().sum(dim=1).sqrt() / radii[index]
-    return index, exact
+        candidates.append(torch.addmm(offsets, lifted, factors).topk(shortlist, dim=1, largest=False).indices)
+    if not candidates:
+        return torch.zeros(0, dtype=torch.long), points.new_zeros(0)
+    candidates = torch.cat(candidates)  # (n, 2)
+    exact = (points[:, None] - centres[candidates]).square().sum(dim=2).sqrt() / radii[candidates]  # (n, 2)
+    pick = exact.argmin(dim=1, keepdim=True)
+    return candidates.gather(1, pick)[:, 0], exact.gather(1, pick)[:, 0]
 
 
 def coreset(points: torch.Tensor, size: int) -> torch.Tensor:

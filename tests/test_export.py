@@ -18,7 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from lista_cli.cli import app
-from lista_cli.imageio import read_image
+from lista_cli.imageio import ImageError, read_image
 
 from .conftest import REPO, SAMPLE, make_mvtec, train_tiny
 
@@ -200,7 +200,7 @@ class Blocked(importlib.abc.MetaPathFinder):
         if name.split(".")[0] in {"torch", "typer", "rich", "yaml", "jinja2", "matplotlib", "scipy", "sklearn"}:
             raise ImportError(f"{name} is not available here")
 sys.meta_path.insert(0, Blocked())
-from lista_cli.imageio import read_image
+from lista_cli.imageio import ImageError, read_image
 from lista_cli.onnx_model import OnnxDetector
 result = OnnxDetector(sys.argv[1]).detect_batch([read_image(sys.argv[2])])[0]
 print(json.dumps({"score": result.score, "anomalous": result.anomalous, "modules": sorted(sys.modules)}))
@@ -232,3 +232,16 @@ def test_exported_file_carries_its_metadata(exported_model):
     assert float(meta["threshold"]) == pytest.approx(detector.threshold)
     assert json.loads(meta["config"])["patch"]["size"] == detector.config.patch.size
     onnx.checker.check_model(onnx.load(str(model)), full_check=True)
+
+
+def test_the_smallest_image_the_graph_scores(exported_model, rng):
+    """Scales 1 and 1/2 with 8 px patches: 15 px is the least side whose coarse scale holds a
+    patch; one px less the checkpoint scores that scale as nothing, and the graph refuses."""
+    _, checkpoint, model = exported_model
+    detector, exported = load_checkpoint(checkpoint), OnnxDetector(model)
+    assert detector.working_scale == 1.0 and detector.config.data.scales == [1, 2]
+    smallest = rng.random((15, 41, 3), dtype=np.float32)
+    exported.check_size(smallest, "smallest.png")
+    assert_same_results(detector, exported, [smallest])
+    with pytest.raises(ImageError, match="smaller.png: image is 41x14 px.*at least 15 px"):
+        exported.check_size(smallest[1:], "smaller.png")

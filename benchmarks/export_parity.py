@@ -1,0 +1,103 @@
+"""Exported models against their checkpoints on every dev set: maps, scores, decisions, speed.
+
+For each category under ../shared/data (or the folders given): train the default config,
+`lista export` it, score every test image with the checkpoint (PyTorch) and with the ONNX
+file (ONNX Runtime), and print the largest map difference in units of the image threshold,
+the largest relative score difference, how many anomalous decisions and region counts agree,
+and both in-process rates (images/s, decoded images in memory, maps and decisions).
+
+    python benchmarks/export_parity.py [DATA ...] [--steps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lista_cli.checkpoint import load_checkpoint
+from lista_cli.config import load_config
+from lista_cli.export import export
+from lista_cli.imageio import read_image
+from lista_cli.inputs import collect_inputs
+from lista_cli.onnx_model import OnnxDetector
+from lista_cli.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from accuracy import datasets  # noqa: E402
+
+
+def rate(detect_batch, arrays: list[np.ndarray]) -> float:
+    """Images/s of detect_batch over the arrays, one image per call, after one warm-up."""
+    detect_batch(arrays[:1])
+    started = time.perf_counter()
+    for array in arrays:
+        detect_batch([array])
+    return len(arrays) / (time.perf_counter() - started)
+
+
+def compare(folder: Path, work: Path, overrides: list[str]) -> dict:
+    model = work / f"{folder.name}.pt"
+    train(folder, load_config(None, overrides), model)
+    detector = load_checkpoint(model)
+    onnx_file = export(detector, work / f"{folder.name}.onnx")
+    exported = OnnxDetector(onnx_file)
+    arrays = [read_image(item.path) for item in collect_inputs([str(folder / "test")]).images]
+    map_gap = score_gap = 0.0
+    decisions = regions = 0
+    for array in arrays:
+        expected = detector.detect_batch([array])[0]
+        got = exported.detect_batch([array])[0]
+        map_gap = max(map_gap, float(np.abs(got.anomaly_map - expected.anomaly_map).max()) / detector.threshold)
+        score_gap = max(score_gap, abs(got.score - expected.score) / max(abs(expected.score), 1e-12))
+        decisions += got.anomalous == expected.anomalous
+        regions += len(got.regions) == len(expected.regions)
+    sample = arrays[: min(len(arrays), 40)]
+    return {
+        "images": len(arrays),
+        "size": "x".join(map(str, arrays[0].shape[1::-1])),
+        "map_gap": map_gap,
+        "score_gap": score_gap,
+        "decisions": decisions,
+        "regions": regions,
+        "torch_img_s": rate(detector.detect_batch, sample),
+        "onnx_img_s": rate(exported.detect_batch, sample),
+        "megabytes": onnx_file.stat().st_size / 1e6,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data", nargs="*", type=Path, default=[ROOT.parent / "shared" / "data"])
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="config override, e.g. train.steps=50"
+    )
+    args = parser.parse_args()
+    torch.set_flush_denormal(True)
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for folder in datasets(args.data):
+            rows[folder.name] = compare(folder, Path(tmp), args.overrides)
+            print(folder.name, rows[folder.name], file=sys.stderr, flush=True)
+    print(
+        "| set | test images | image size | max map difference / threshold | max score difference (relative) |"
+        " decisions agree | region counts agree | PyTorch img/s | ONNX Runtime img/s | ONNX file MB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        print(
+            f"| {name} | {r['images']} | {r['size']} | {r['map_gap']:.1e} | {r['score_gap']:.1e} |"
+            f" {r['decisions']}/{r['images']} | {r['regions']}/{r['images']} | {r['torch_img_s']:.1f} |"
+            f" {r['onnx_img_s']:.1f} | {r['megabytes']:.1f} |"
+        )
+    print(f"\nmachine: {torch.get_num_threads()} torch threads, torch {torch.__version__}")
+
+
+if __name__ == "__main__":
+    main()
