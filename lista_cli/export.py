@@ -25,6 +25,7 @@ import torch
 from . import __version__
 from .errors import ListaError
 from .imageio import atomic_write
+from .onnx_graph import Graph, antialias_matrix, bilinear_matrix, crop, resize
 from .pipeline import Detector, Scale
 from .scoring import gaussian_kernel
 from .typicality import RESIDUAL_FLOOR
@@ -61,108 +62,7 @@ def unsupported(detector: Detector) -> str | None:
     return None
 
 
-class _Graph:
-    """A small ONNX graph builder: op() adds a node and returns its output name(s)."""
-
-    def __init__(self) -> None:
-        from onnx import numpy_helper
-
-        self._numpy_helper = numpy_helper
-        self.nodes: list = []
-        self.initializers: list = []
-        self._count = 0
-
-    def _name(self, hint: str) -> str:
-        self._count += 1
-        return f"{hint}_{self._count}"
-
-    def const(self, value, dtype=np.float32) -> str:
-        """An initializer holding `value` (a tensor, array or number; rank kept)."""
-        if isinstance(value, torch.Tensor):
-            value = value.detach().cpu().numpy()
-        array = np.asarray(value, dtype=dtype)
-        name = self._name("const")
-        self.initializers.append(self._numpy_helper.from_array(array, name))
-        return name
-
-    def i64(self, *values: int) -> str:
-        """A 1-D int64 constant."""
-        return self.const(list(values), np.int64)
-
-    def op(self, kind: str, *inputs: str, outputs: int = 1, **attributes):
-        from onnx import helper
-
-        names = [self._name(kind.lower()) for _ in range(outputs)]
-        self.nodes.append(helper.make_node(kind, list(inputs), names, **attributes))
-        return names[0] if outputs == 1 else names
-
-    def dim(self, tensor: str, axis: int) -> str:
-        """Size of `tensor` along `axis`, an int64 scalar."""
-        return self.op("Gather", self.op("Shape", tensor), self.const(axis, np.int64))
-
-    def scalar(self, value: str, dtype: int) -> str:
-        return self.op("Cast", value, to=dtype)
-
-
-def _float(g: _Graph, value: str) -> str:
-    from onnx import TensorProto
-
-    return g.scalar(value, TensorProto.FLOAT)
-
-
-def _range_float(g: _Graph, length: str) -> str:
-    """0, 1, ..., length - 1 as float32."""
-    return _float(g, g.op("Range", g.const(0, np.int64), length, g.const(1, np.int64)))
-
-
-def _antialias_matrix(g: _Graph, size_in: str, size_out: str) -> str:
-    """(out, in) matrix of PyTorch's antialiased bilinear resize along one axis
-    (F.interpolate(..., antialias=True)): a triangle filter of half-width max(scale, 1)
-    around each output pixel's centre, normalised per output pixel."""
-    scale = g.op("Div", _float(g, size_in), _float(g, size_out))
-    support = g.op("Max", scale, g.const(1.0))
-    centre = g.op("Mul", scale, g.op("Add", _range_float(g, size_out), g.const(0.5)))  # (out,)
-    offset = g.op(
-        "Sub",
-        g.op("Unsqueeze", g.op("Add", _range_float(g, size_in), g.const(0.5)), g.i64(0)),
-        g.op("Unsqueeze", centre, g.i64(1)),
-    )  # (out, in): j + 0.5 - centre
-    weights = g.op("Relu", g.op("Sub", g.const(1.0), g.op("Abs", g.op("Div", offset, support))))
-    return g.op("Div", weights, g.op("ReduceSum", weights, g.i64(1), keepdims=1))
-
-
-def _bilinear_matrix(g: _Graph, size_in: str, size_out: str) -> str:
-    """(out, in) matrix of PyTorch's bilinear resize to a given size, align_corners=False:
-    source = max((i + 0.5) * in / out - 0.5, 0), between pixels floor(source) and the next."""
-    from onnx import TensorProto
-
-    scale = g.op("Div", _float(g, size_in), _float(g, size_out))
-    source = g.op(
-        "Relu", g.op("Sub", g.op("Mul", g.op("Add", _range_float(g, size_out), g.const(0.5)), scale), g.const(0.5))
-    )
-    last = g.op("Sub", size_in, g.const(1, np.int64))
-    low = g.op("Min", g.scalar(g.op("Floor", source), TensorProto.INT64), last)
-    high = g.op("Min", g.op("Add", low, g.const(1, np.int64)), last)
-    weight_high = g.op("Sub", source, _float(g, low))
-    weight_low = g.op("Sub", g.const(1.0), weight_high)
-    columns = g.op("Unsqueeze", g.op("Range", g.const(0, np.int64), size_in, g.const(1, np.int64)), g.i64(0))
-    at_low = _float(g, g.op("Equal", columns, g.op("Unsqueeze", low, g.i64(1))))
-    at_high = _float(g, g.op("Equal", columns, g.op("Unsqueeze", high, g.i64(1))))
-    return g.op(
-        "Add",
-        g.op("Mul", at_low, g.op("Unsqueeze", weight_low, g.i64(1))),
-        g.op("Mul", at_high, g.op("Unsqueeze", weight_high, g.i64(1))),
-    )
-
-
-def _resize(g: _Graph, images: str, height: str, width: str, new_height: str, new_width: str, matrix) -> str:
-    """(..., h, w) -> (..., new_h, new_w): rows then columns through `matrix` (one axis)."""
-    rows = matrix(g, height, new_height)  # (new_h, h)
-    columns = g.op("Transpose", matrix(g, width, new_width), perm=[1, 0])  # (w, new_w)
-    return g.op("MatMul", g.op("MatMul", rows, images), columns)
-
-
-def _working_size(g: _Graph, detector: Detector, height: str, width: str) -> tuple[str, str] | None:
+def _working_size(g: Graph, detector: Detector, height: str, width: str) -> tuple[str, str] | None:
     """The working height and width (int64 scalars) as imageio.working_shape computes them
     (in double precision, rounding half to even like Python's round), or None: no resize."""
     from onnx import TensorProto
@@ -184,7 +84,7 @@ def _working_size(g: _Graph, detector: Detector, height: str, width: str) -> tup
     return scaled(height), scaled(width)
 
 
-def _fold_counts(g: _Graph, grid: str, patch: int, stride: int) -> str:
+def _fold_counts(g: Graph, grid: str, patch: int, stride: int) -> str:
     """(1, 1, H', W') number of patches covering each pixel of the padded image, for a
     (1, *, gh, gw) patch grid."""
     shape = g.op("Concat", g.i64(1, 1), g.op("Slice", g.op("Shape", grid), g.i64(2), g.i64(4)), axis=0)
@@ -192,21 +92,15 @@ def _fold_counts(g: _Graph, grid: str, patch: int, stride: int) -> str:
     return g.op("ConvTranspose", ones, g.const(np.ones((1, 1, patch, patch))), strides=[stride, stride])
 
 
-def _patch_values_map(
-    g: _Graph, values: str, grid_shape: str, counts: str, height: str, width: str, patch: int, stride: int
-) -> str:
+def _patch_values_map(g: Graph, values: str, grid: str, counts: str, image: str, patch: int, stride: int) -> str:
     """(N,) one value per patch -> (1, 1, h, w): each pixel the mean over the patches covering it."""
-    grid = g.op("Reshape", values, grid_shape)  # (1, 1, gh, gw)
-    summed = g.op("ConvTranspose", grid, g.const(np.ones((1, 1, patch, patch))), strides=[stride, stride])
-    return _crop(g, g.op("Div", summed, counts), height, width)
+    shape = g.op("Concat", g.i64(1, 1), g.op("Slice", g.op("Shape", grid), g.i64(2), g.i64(4)), axis=0)
+    ones = g.const(np.ones((1, 1, patch, patch)))
+    summed = g.op("ConvTranspose", g.op("Reshape", values, shape), ones, strides=[stride, stride])
+    return crop(g, g.op("Div", summed, counts), g.dim(image, 2), g.dim(image, 3))
 
 
-def _crop(g: _Graph, maps: str, height: str, width: str) -> str:
-    ends = g.op("Concat", g.op("Unsqueeze", height, g.i64(0)), g.op("Unsqueeze", width, g.i64(0)), axis=0)
-    return g.op("Slice", maps, g.i64(0, 0), ends, g.i64(2, 3))
-
-
-def _noise_scale(g: _Graph, residual: str) -> str:
+def _noise_scale(g: Graph, residual: str) -> str:
     """Scalar robust noise scale: 1.4826 * the (lower) median of |residual| over an evenly
     spaced sample of at most NOISE_SAMPLE entries, at least 1e-4 (model.noise_scale)."""
     flat = g.op("Reshape", g.op("Abs", residual), g.i64(-1))
@@ -220,11 +114,11 @@ def _noise_scale(g: _Graph, residual: str) -> str:
     return g.op("Max", g.op("Mul", median, g.const(1.4826)), g.const(1e-4))
 
 
-def _soft_threshold(g: _Graph, values: str, threshold: str) -> str:
+def _soft_threshold(g: Graph, values: str, threshold: str) -> str:
     return g.op("Sub", values, g.op("Clip", values, g.op("Neg", threshold), threshold))
 
 
-def _sparse_part(g: _Graph, model, centred: str, residual: str) -> str:
+def _sparse_part(g: Graph, model, centred: str, residual: str) -> str:
     """(1, N, d) centred rows -> S_K (UnfoldedISTA.forward with a global background)."""
     with torch.no_grad():
         thresholds = model.log_theta.exp()
@@ -263,62 +157,49 @@ def _sparse_part(g: _Graph, model, centred: str, residual: str) -> str:
     return sparse
 
 
-def _scale_maps(g: _Graph, detector: Detector, scale: Scale, image: str) -> list[str]:
-    """(1, C, h, w) image at this scale -> its component maps, each (1, 1, h, w)
-    (Detector.scale_components)."""
-    cfg = detector.config
-    p, stride, channels = cfg.patch.size, cfg.patch.stride, detector.channels
-    model, bank = scale.model, scale.bank
-    dim = channels * p * p
-    height, width = g.dim(image, 2), g.dim(image, 3)
+def _patch_rows(g: Graph, image: str, channels: int, p: int, stride: int) -> tuple[str, str]:
+    """(1, C, h, w) -> rows (1, N, C*p*p) as patches.unfold makes them (bottom and right
+    reflect-padded until the patch grid covers the image), and the (1, d, gh, gw) grid."""
 
     def padding(side: str) -> str:  # patches.padded_size - side
         extra = g.op("Mod", g.op("Sub", side, g.const(p, np.int64)), g.const(stride, np.int64))
         return g.op("Mod", g.op("Sub", g.const(stride, np.int64), extra), g.const(stride, np.int64))
 
-    pads = g.op(
-        "Concat",
-        g.i64(0, 0, 0, 0, 0, 0),
-        g.op("Unsqueeze", padding(height), g.i64(0)),
-        g.op("Unsqueeze", padding(width), g.i64(0)),
-        axis=0,
-    )
-    padded = g.op("Pad", image, pads, mode="reflect")
+    bottom, right = (g.op("Unsqueeze", padding(g.dim(image, axis)), g.i64(0)) for axis in (2, 3))
+    padded = g.op("Pad", image, g.op("Concat", g.i64(0, 0, 0, 0, 0, 0), bottom, right, axis=0), mode="reflect")
     # F.unfold as a convolution with one-hot kernels: output channel c*p*p + i*p + j reads
     # channel c at offset (i, j), so the rows come out channel-major as patches.unfold's.
+    dim = channels * p * p
     picker = np.zeros((dim, channels, p, p), dtype=np.float32)
     for c in range(channels):
         for i in range(p):
             for j in range(p):
                 picker[c * p * p + i * p + j, c, i, j] = 1.0
-    columns = g.op("Conv", padded, g.const(picker), strides=[stride, stride])  # (1, d, gh, gw)
-    grid_shape = g.op("Concat", g.i64(1, 1), g.op("Slice", g.op("Shape", columns), g.i64(2), g.i64(4)), axis=0)
-    rows = g.op("Transpose", g.op("Reshape", columns, g.i64(1, dim, -1)), perm=[0, 2, 1])  # (1, N, d)
-    centred = g.op("Sub", rows, g.const(model.mean))
-    basis = g.const(model.basis)
-    residual = g.op("Sub", centred, g.op("MatMul", g.op("MatMul", centred, basis), g.const(model.basis.T.contiguous())))
-    sparse = _sparse_part(g, model, centred, residual)
-    counts = _fold_counts(g, columns, p, stride)
+    grid = g.op("Conv", padded, g.const(picker), strides=[stride, stride])  # (1, d, gh, gw)
+    rows = g.op("Transpose", g.op("Reshape", grid, g.i64(1, dim, -1)), perm=[0, 2, 1])  # (1, N, d)
+    return rows, grid
 
-    # ||s|| per pixel over channels, folded with overlap averaging (scoring.sparse_to_map).
+
+def _sparse_map(g: Graph, sparse: str, grid: str, counts: str, image: str, channels: int, p: int, stride: int) -> str:
+    """||s|| per pixel over channels, folded with overlap averaging (scoring.sparse_to_map)."""
     squares = g.op("Reshape", g.op("Mul", sparse, sparse), g.i64(1, -1, channels, p * p))
     norms = g.op("Sqrt", g.op("ReduceSum", squares, g.i64(2), keepdims=0))  # (1, N, p*p)
     norm_grid = g.op(
         "Reshape",
         g.op("Transpose", norms, perm=[0, 2, 1]),
-        g.op("Concat", g.i64(1, p * p), g.op("Slice", grid_shape, g.i64(2), g.i64(4)), axis=0),
+        g.op("Concat", g.i64(1, p * p), g.op("Slice", g.op("Shape", grid), g.i64(2), g.i64(4)), axis=0),
     )
     fold = np.zeros((p * p, 1, p, p), dtype=np.float32)
     for i in range(p):
         for j in range(p):
             fold[i * p + j, 0, i, j] = 1.0
     summed = g.op("ConvTranspose", norm_grid, g.const(fold), strides=[stride, stride])
-    maps = [_crop(g, g.op("Div", summed, counts), height, width)]
-    if bank is None:
-        return maps
+    return crop(g, g.op("Div", summed, counts), g.dim(image, 2), g.dim(image, 3))
 
-    # Nearest bank code in units of its radius (typicality._nearest: the expanded form
-    # shortlists two codes, their exact distances decide).
+
+def _nearest_code(g: Graph, bank, centred: str) -> tuple[str, str]:
+    """(N,) index of each patch's nearest bank code and the distance in units of its radius
+    (typicality._nearest: the expanded form shortlists two codes, exact distances decide)."""
     with torch.no_grad():
         weights = bank.radii.square().reciprocal()
         offsets = (bank.codes.square().sum(dim=1) * weights)[None]
@@ -337,31 +218,99 @@ def _scale_maps(g: _Graph, detector: Detector, scale: Scale, image: str) -> list
     )  # (N, 2)
     pick = g.op("ArgMin", exact, axis=1, keepdims=1)
     nearest = g.op("Reshape", g.op("GatherElements", candidates, pick, axis=1), g.i64(-1))
-    distance = g.op("Reshape", g.op("GatherElements", exact, pick, axis=1), g.i64(-1))
-    maps.append(_patch_values_map(g, distance, grid_shape, counts, height, width, p, stride))
+    return nearest, g.op("Reshape", g.op("GatherElements", exact, pick, axis=1), g.i64(-1))
+
+
+def _scale_maps(g: Graph, detector: Detector, scale: Scale, image: str) -> list[str]:
+    """(1, C, h, w) image at this scale -> its component maps, each (1, 1, h, w)
+    (Detector.scale_components)."""
+    p, stride, channels = detector.config.patch.size, detector.config.patch.stride, detector.channels
+    model, bank = scale.model, scale.bank
+    rows, grid = _patch_rows(g, image, channels, p, stride)
+    centred = g.op("Sub", rows, g.const(model.mean))
+    projected = g.op("MatMul", g.op("MatMul", centred, g.const(model.basis)), g.const(model.basis.T.contiguous()))
+    residual = g.op("Sub", centred, projected)  # Q x = x - U U^T x
+    counts = _fold_counts(g, grid, p, stride)
+    sparse = _sparse_part(g, model, centred, residual)
+    maps = [_sparse_map(g, sparse, grid, counts, image, channels, p, stride)]
+    if bank is None:
+        return maps
+    nearest, distance = _nearest_code(g, bank, centred)
+    maps.append(_patch_values_map(g, distance, grid, counts, image, p, stride))
     if bank.has_residual:  # |log(||Q x||^2 / d + floor) - the nearest code's level|
-        level = g.op(
-            "Log",
-            g.op(
-                "Add",
-                g.op("ReduceMean", g.op("Mul", residual, residual), g.i64(2), keepdims=0),
-                g.const(RESIDUAL_FLOOR),
-            ),
-        )
-        deviation = g.op(
-            "Abs",
-            g.op("Sub", g.op("Reshape", level, g.i64(-1)), g.op("Gather", g.const(bank.residual_levels), nearest)),
-        )
-        maps.append(_patch_values_map(g, deviation, grid_shape, counts, height, width, p, stride))
+        variance = g.op("ReduceMean", g.op("Mul", residual, residual), g.i64(2), keepdims=0)
+        level = g.op("Reshape", g.op("Log", g.op("Add", variance, g.const(RESIDUAL_FLOOR))), g.i64(-1))
+        deviation = g.op("Abs", g.op("Sub", level, g.op("Gather", g.const(bank.residual_levels), nearest)))
+        maps.append(_patch_values_map(g, deviation, grid, counts, image, p, stride))
     return maps
 
 
-def _edge_divisor(g: _Graph, length: str, profile: list[float]) -> str:
+def _edge_divisor(g: Graph, length: str, profile: list[float]) -> str:
     """(length,) divisor at each position's distance from the nearer end (edges.damp_edges)."""
     position = g.op("Range", g.const(0, np.int64), length, g.const(1, np.int64))
     distance = g.op("Min", position, g.op("Sub", g.op("Sub", length, g.const(1, np.int64)), position))
     distance = g.op("Min", distance, g.const(len(profile), np.int64))
     return g.op("Gather", g.const(profile + [1.0]), distance)
+
+
+def _input_image(g: Graph, detector: Detector) -> tuple[str, tuple[str, str] | None]:
+    """The graph input "image" (H, W, 1 or 3) -> (1, C, h, w) at the working size, and the
+    working (h, w) or None when it is the input's (Detector.prepare)."""
+    expanded = g.op("Expand", "image", g.i64(1, 1, 3))  # (H, W, 1) or (H, W, 3) -> (H, W, 3)
+    if detector.channels == 3:
+        image = expanded
+    else:  # gray input as it is, colour by luma
+        luma = g.op("MatMul", expanded, g.const(np.array(LUMA, dtype=np.float32)[:, None]))
+        first = g.op("Slice", "image", g.i64(0), g.i64(1), g.i64(2))  # the gray channel when C = 1
+        image = g.op("Where", g.op("Equal", g.dim("image", 2), g.const(1, np.int64)), first, luma)
+    image = g.op("Unsqueeze", g.op("Transpose", image, perm=[2, 0, 1]), g.i64(0))  # (1, C, H, W)
+    height, width = g.dim("image", 0), g.dim("image", 1)
+    size = _working_size(g, detector, height, width)
+    if size is not None:
+        resized = resize(g, image, height, width, *size, antialias_matrix)
+        image = g.op("Clip", resized, g.const(0.0), g.const(1.0))
+    return image, size
+
+
+def _smoothed_map(g: Graph, detector: Detector, image: str) -> str:
+    """(1, C, h, w) -> (1, 1, h, w): every scale's component maps, weighted, summed and
+    smoothed (Detector.anomaly_maps)."""
+    components = []
+    for scale in detector.scales:
+        if scale.factor == 1:
+            components += _scale_maps(g, detector, scale, image)
+            continue
+        small = g.op("AveragePool", image, kernel_shape=[scale.factor] * 2, strides=[scale.factor] * 2, ceil_mode=1)
+        coarse = g.op("Concat", *_scale_maps(g, detector, scale, small), axis=1)
+        factors = g.const([1.0, 1.0, float(scale.factor), float(scale.factor)])
+        fine = g.op("Resize", coarse, "", factors, mode="linear", coordinate_transformation_mode="half_pixel")
+        fine = crop(g, fine, g.dim(image, 2), g.dim(image, 3))
+        components += [g.op("Slice", fine, g.i64(i), g.i64(i + 1), g.i64(1)) for i in range(len(scale.kinds))]
+    raw = None
+    for component, weight in zip(components, detector.map_weights, strict=True):
+        term = g.op("Mul", component, g.const(weight))
+        raw = term if raw is None else g.op("Add", raw, term)
+    sigma = detector.config.score.smooth_sigma
+    if sigma > 0:  # separable Gaussian with reflected borders (scoring.gaussian_smooth)
+        kernel = gaussian_kernel(sigma)
+        radius = len(kernel) // 2
+        padded = g.op("Pad", raw, g.i64(0, 0, radius, radius, 0, 0, radius, radius), mode="reflect")
+        raw = g.op("Conv", g.op("Conv", padded, g.const(kernel.view(1, 1, 1, -1))), g.const(kernel.view(1, 1, -1, 1)))
+    return raw
+
+
+def _image_score(g: Graph, detector: Detector, anomaly_map: str) -> str:
+    """The map's maximum, or the mean of its top share (scoring.image_scores)."""
+    if detector.config.score.image_score == "max":
+        return g.op("ReduceMax", anomaly_map, keepdims=0)
+    from onnx import TensorProto
+
+    flat = g.op("Reshape", anomaly_map, g.i64(-1))
+    share = g.const(detector.config.score.top_k, np.float64)
+    wanted = g.op("Round", g.op("Mul", g.scalar(g.op("Size", flat), TensorProto.DOUBLE), share))
+    count = g.op("Max", g.scalar(wanted, TensorProto.INT64), g.const(1, np.int64))
+    top = g.op("TopK", flat, g.op("Unsqueeze", count, g.i64(0)), outputs=2, largest=1, sorted=1)[0]
+    return g.op("ReduceMean", top, keepdims=0)
 
 
 def build(detector: Detector):
@@ -372,79 +321,27 @@ def build(detector: Detector):
     reason = unsupported(detector)
     if reason is not None:
         raise ExportError(f"cannot export this model exactly: {reason}")
-    cfg = detector.config
-    g = _Graph()
-    height, width = g.dim("image", 0), g.dim("image", 1)
-    expanded = g.op("Expand", "image", g.i64(1, 1, 3))  # (H, W, 1) or (H, W, 3) -> (H, W, 3)
-    if detector.channels == 3:
-        image = expanded
-    else:  # gray input as it is, colour by luma
-        luma = g.op("MatMul", expanded, g.const(np.array(LUMA, dtype=np.float32)[:, None]))
-        first = g.op("Slice", "image", g.i64(0), g.i64(1), g.i64(2))  # the gray channel when C = 1
-        image = g.op("Where", g.op("Equal", g.dim("image", 2), g.const(1, np.int64)), first, luma)
-    image = g.op("Unsqueeze", g.op("Transpose", image, perm=[2, 0, 1]), g.i64(0))  # (1, C, H, W)
-    size = _working_size(g, detector, height, width)
-    work_h, work_w = height, width
-    if size is not None:
-        work_h, work_w = size
-        resized = _resize(g, image, height, width, work_h, work_w, _antialias_matrix)
-        image = g.op("Clip", resized, g.const(0.0), g.const(1.0))
-
-    components = []
-    for scale in detector.scales:
-        if scale.factor == 1:
-            components += _scale_maps(g, detector, scale, image)
-            continue
-        small = g.op("AveragePool", image, kernel_shape=[scale.factor] * 2, strides=[scale.factor] * 2, ceil_mode=1)
-        coarse = g.op("Concat", *_scale_maps(g, detector, scale, small), axis=1)
-        factors = g.const([1.0, 1.0, float(scale.factor), float(scale.factor)])
-        fine = g.op("Resize", coarse, "", factors, mode="linear", coordinate_transformation_mode="half_pixel")
-        fine = _crop(g, fine, work_h, work_w)
-        components += [g.op("Slice", fine, g.i64(i), g.i64(i + 1), g.i64(1)) for i in range(len(scale.kinds))]
-
-    raw = None
-    for component, weight in zip(components, detector.map_weights, strict=True):
-        term = g.op("Mul", component, g.const(weight))
-        raw = term if raw is None else g.op("Add", raw, term)
-    sigma = cfg.score.smooth_sigma
-    if sigma > 0:  # separable Gaussian with reflected borders (scoring.gaussian_smooth)
-        kernel = gaussian_kernel(sigma)
-        radius = len(kernel) // 2
-        padded = g.op("Pad", raw, g.i64(0, 0, radius, radius, 0, 0, radius, radius), mode="reflect")
-        along_rows = g.op("Conv", padded, g.const(kernel.view(1, 1, 1, -1)))
-        raw = g.op("Conv", along_rows, g.const(kernel.view(1, 1, -1, 1)))
-    anomaly = g.op("Reshape", raw, g.op("Concat", *[g.op("Unsqueeze", s, g.i64(0)) for s in (work_h, work_w)], axis=0))
+    g = Graph()
+    image, size = _input_image(g, detector)
+    work_h, work_w = g.dim(image, 2), g.dim(image, 3)
+    anomaly = g.op("Reshape", _smoothed_map(g, detector, image), g.op("Shape", image, start=2))  # (h, w)
     calibration = detector.calibration
     if calibration.edge_rows and (max(calibration.edge_rows) > 1.0 or max(calibration.edge_columns) > 1.0):
         rows = g.op("Unsqueeze", _edge_divisor(g, work_h, list(calibration.edge_rows)), g.i64(1))
         columns = g.op("Unsqueeze", _edge_divisor(g, work_w, list(calibration.edge_columns)), g.i64(0))
         anomaly = g.op("Div", anomaly, g.op("Max", rows, columns))
     if size is not None:
-        anomaly = _resize(g, anomaly, work_h, work_w, height, width, _bilinear_matrix)
-    anomaly = g.op("Identity", anomaly)
-    g.nodes[-1].output[0] = "anomaly_map"
-
-    if cfg.score.image_score == "max":
-        score = g.op("ReduceMax", "anomaly_map", keepdims=0)
-    else:  # mean of the top share (scoring.image_scores)
-        flat = g.op("Reshape", "anomaly_map", g.i64(-1))
-        wanted = g.op(
-            "Round", g.op("Mul", g.scalar(g.op("Size", flat), TensorProto.DOUBLE), g.const(cfg.score.top_k, np.float64))
-        )
-        count = g.op("Max", g.scalar(wanted, TensorProto.INT64), g.const(1, np.int64))
-        top = g.op("TopK", flat, g.op("Unsqueeze", count, g.i64(0)), outputs=2, largest=1, sorted=1)[0]
-        score = g.op("ReduceMean", top, keepdims=0)
-    g.nodes.append(helper.make_node("Identity", [score], ["score"]))
-    g.nodes.append(helper.make_node("Identity", [g.const(detector.threshold)], ["image_threshold"]))
-    g.nodes.append(helper.make_node("Identity", [g.const(detector.pixel_threshold)], ["pixel_threshold"]))
-
+        anomaly = resize(g, anomaly, work_h, work_w, g.dim("image", 0), g.dim("image", 1), bilinear_matrix)
+    named = {
+        "anomaly_map": anomaly,
+        "score": _image_score(g, detector, anomaly),
+        "image_threshold": g.const(detector.threshold),
+        "pixel_threshold": g.const(detector.pixel_threshold),
+    }
+    g.nodes += [helper.make_node("Identity", [value], [name]) for name, value in named.items()]
     inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["height", "width", "channels"])]
-    outputs = [
-        helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["height", "width"]),
-        helper.make_tensor_value_info("score", TensorProto.FLOAT, []),
-        helper.make_tensor_value_info("image_threshold", TensorProto.FLOAT, []),
-        helper.make_tensor_value_info("pixel_threshold", TensorProto.FLOAT, []),
-    ]
+    outputs = [helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["height", "width"])]
+    outputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, []) for name in list(named)[1:]]
     graph = helper.make_graph(g.nodes, "lista_detector", inputs, outputs, g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="lista")
     model.ir_version = min(model.ir_version, 9)  # readable by ONNX Runtime releases back to 1.16
