@@ -18,7 +18,7 @@ from .config import Config, ConfigError, from_dict
 from .context import ContextBank
 from .errors import ListaError
 from .imageio import atomic_write
-from .model import build_model
+from .model import UnfoldedISTA
 from .pipeline import Calibration, Detector, Scale
 from .typicality import CodeBank
 
@@ -70,7 +70,7 @@ def _rebuild_scales(payload: dict[str, Any], config: Config, device: str | torch
     scales = []
     for entry in entries:
         state = entry["state"]
-        model = build_model(state["mean"], state["basis"], config.model, learn=False)
+        model = UnfoldedISTA(state["mean"], state["basis"], config.model).requires_grad_(False)
         model.load_state_dict(state)
         bank = entry.get("bank")
         if bank is not None:

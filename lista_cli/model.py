@@ -31,6 +31,8 @@ import math
 import torch
 from torch import nn
 
+from .config import ModelConfig
+
 LAYER_KINDS = ("full", "cp", "alista")
 BACKGROUNDS = ("global", "image", "both")
 
@@ -107,38 +109,28 @@ def soft_threshold(values: torch.Tensor, threshold: torch.Tensor) -> torch.Tenso
 class UnfoldedISTA(nn.Module):
     """K unfolded ISTA layers on patch rows; `learn=False` is classical ISTA."""
 
-    def __init__(
-        self,
-        mean: torch.Tensor,
-        basis: torch.Tensor,
-        layers: int = 10,
-        step: float = 1.0,
-        lam: float = 2.0,
-        kind: str = "full",
-        learn: bool = True,
-        relative_threshold: bool = True,
-        fista: bool = False,
-        background: str = "global",
-        image_threshold: float = 0.03,
-    ) -> None:
+    def __init__(self, mean: torch.Tensor, basis: torch.Tensor, config: ModelConfig) -> None:
+        """The model `config` describes (model.* of the configuration) around a fitted mean
+        (d,) and subspace basis U (d, r); its weights start as classical ISTA's."""
         super().__init__()
+        kind, layers, step = config.layer, config.layers, config.step
         if kind not in LAYER_KINDS:
             raise ValueError(f"model.layer must be one of {', '.join(LAYER_KINDS)}, got {kind!r}")
-        if background not in BACKGROUNDS:
-            raise ValueError(f"model.background must be one of {', '.join(BACKGROUNDS)}, got {background!r}")
+        if config.background not in BACKGROUNDS:
+            raise ValueError(f"model.background must be one of {', '.join(BACKGROUNDS)}, got {config.background!r}")
         if layers < 1:
             raise ValueError(f"model.layers must be >= 1, got {layers}")
         dim = mean.shape[0]
         self.kind = kind
         self.layers = layers
-        self.relative_threshold = relative_threshold
-        self.fista = fista
-        self.background = background
+        self.relative_threshold = config.relative_threshold
+        self.fista = config.fista
+        self.background = config.background
         self.register_buffer("mean", mean.clone().float())  # (d,)
         self.register_buffer("basis", basis.clone().float())  # (d, r)
         # What the sparse step cannot explain: Q = I - U U^T, or I when only the image's own
         # low rank is the background.
-        projector = torch.eye(dim) if background == "image" else torch.eye(dim) - basis @ basis.T
+        projector = torch.eye(dim) if self.background == "image" else torch.eye(dim) - basis @ basis.T
         if kind == "full":
             self.w_enc = nn.Parameter(step * projector)
             self.w_state = nn.Parameter(torch.eye(dim) - step * projector)
@@ -146,12 +138,12 @@ class UnfoldedISTA(nn.Module):
             self.w_step = nn.Parameter(step * projector)
         else:
             self.gamma = nn.Parameter(torch.full((layers,), float(step)))
-        self.log_theta = nn.Parameter(torch.full((layers,), math.log(step * lam)))
-        if background != "global":
-            self.log_tau = nn.Parameter(torch.full((layers,), math.log(image_threshold)))
+        self.log_theta = nn.Parameter(torch.full((layers,), math.log(step * config.lam)))
+        if self.background != "global":
+            self.log_tau = nn.Parameter(torch.full((layers,), math.log(config.image_threshold)))
             # Start of the subspace iteration for each image's own directions.
             self.register_buffer("image_start", _leading_directions(basis, min(dim, IMAGE_RANK)))
-        self.requires_grad_(learn)
+        self.requires_grad_(config.learn)
 
     @property
     def dim(self) -> int:
@@ -230,20 +222,3 @@ class UnfoldedISTA(nn.Module):
                 layer_input = self._layer_input(k, centred, point, drive, state)
             sparse = soft_threshold(layer_input, thresholds[k] * scale)
         return sparse
-
-
-def build_model(mean: torch.Tensor, basis: torch.Tensor, m, learn: bool) -> UnfoldedISTA:
-    """The model a `ModelConfig` describes, around a fitted mean and subspace."""
-    return UnfoldedISTA(
-        mean,
-        basis,
-        layers=m.layers,
-        step=m.step,
-        lam=m.lam,
-        kind=m.layer,
-        learn=learn,
-        relative_threshold=m.relative_threshold,
-        fista=m.fista,
-        background=m.background,
-        image_threshold=m.image_threshold,
-    )

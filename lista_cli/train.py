@@ -20,7 +20,7 @@ from .context import build_context
 from .cutpaste import cutpaste
 from .defects import FAMILIES, drawn_defect
 from .mixing import StepValidation, choose_weights, component_maps, validation_score
-from .model import PrincipalAxes, build_model
+from .model import PrincipalAxes, UnfoldedISTA
 from .pipeline import Calibration, Detector, Scale, downsample
 from .training_data import at_size, load_training_arrays, training_folder
 from .typicality import MAX_BANK_CANDIDATES, MAX_CODE_RANK, build_bank
@@ -109,7 +109,7 @@ def init_scale(images: list[torch.Tensor], config: Config, factor: int, candidat
         rows = rows[torch.randperm(len(rows), generator=rng)[:MAX_PCA_ROWS]]
     axes = PrincipalAxes(rows)
     basis = axes.basis(cfg.model.energy, cfg.model.max_rank)
-    model = build_model(axes.mean.float(), basis, cfg.model, learn=cfg.model.learn)
+    model = UnfoldedISTA(axes.mean.float(), basis, cfg.model)
     scale = Scale(factor, model)
     if cfg.score.bank_size:  # the codes do not depend on the layers: built once
         code_basis = axes.basis(cfg.score.code_energy, MAX_CODE_RANK)
