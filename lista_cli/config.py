@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ class PatchConfig:
 
 @dataclass
 class ModelConfig:
-    layer: str = _opt("cp", choices=("full", "cp", "alista"))
+    layer_type: str = _opt("cp", choices=("full", "cp", "alista"))
     layers: int = _opt(10, low=1, high=10000)
     energy: float = _opt(0.7, low=0.0, high=1.0, open_low=True, open_high=True)
     max_rank: int | None = _opt(None, low=1)
@@ -57,7 +58,7 @@ class ModelConfig:
     fista: bool = _opt(False)
     learn: bool = _opt(True)
     background: str = _opt("global", choices=("global", "image", "both"))
-    image_threshold: float = _opt(0.03, low=0.0, high=1.0, open_low=True, open_high=True)
+    image_rank_threshold: float = _opt(0.03, low=0.0, high=1.0, open_low=True, open_high=True)
 
 
 @dataclass
@@ -65,7 +66,7 @@ class TrainConfig:
     steps: int = _opt(300, low=0)
     batch: int = _opt(16, low=1)
     crop: int = _opt(64, low=8)
-    patches_per_image: int = _opt(64, low=1)
+    patches_per_crop: int = _opt(64, low=1)
     lr: float = _opt(1e-3, low=0.0, open_low=True)
     weight_decay: float = _opt(0.0, low=0.0)
     beta: float = _opt(0.1, low=0.0)
@@ -116,6 +117,26 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# Keys given clearer names. The old name still works in a config file or --set, with a
+# warning; in a checkpoint's stored config (written by an older lista) it is read silently.
+RENAMED_KEYS = {
+    "model.layer": "model.layer_type",
+    "model.image_threshold": "model.image_rank_threshold",
+    "train.patches_per_image": "train.patches_per_crop",
+}
+
+
+def current_key(key: str, where: str | None) -> str:
+    """The key's current name; warns (FutureWarning) naming `where` for an old one, unless
+    `where` is None."""
+    new = RENAMED_KEYS.get(key)
+    if new is None:
+        return key
+    if where is not None:
+        warnings.warn(f"{where}: config key {key} is now {new} (the old name will be removed)", FutureWarning, 3)
+    return new
 
 
 def _sections() -> dict[str, type]:
@@ -183,7 +204,7 @@ def _coerce(key: str, value: Any, kind: Any, rules: dict[str, Any]) -> Any:
     return value
 
 
-def _merge(target: dict[str, Any], updates: Any, where: str) -> None:
+def _merge(target: dict[str, Any], updates: Any, where: str, warn: bool = True) -> None:
     if not isinstance(updates, dict):
         raise ConfigError(f"{where}: expected a mapping of sections, got {type(updates).__name__}")
     for section, values in updates.items():
@@ -192,15 +213,21 @@ def _merge(target: dict[str, Any], updates: Any, where: str) -> None:
         if not isinstance(values, dict):
             raise ConfigError(f"{where}: section '{section}' must be a mapping, got {values!r}")
         for key, value in values.items():
-            if key not in target[section]:
-                raise _unknown(f"{section}.{key}")
-            target[section][key] = value
+            _set(target, f"{section}.{key}", value, where if warn else None)
+
+
+def _set(target: dict[str, Any], key: str, value: Any, where: str | None) -> None:
+    section, _, name = current_key(key, where).partition(".")
+    if section not in target or name not in target[section]:
+        raise _unknown(key)
+    target[section][name] = value
 
 
 def from_dict(values: dict[str, Any]) -> Config:
-    """Build and validate a Config from a nested dict (missing keys take defaults)."""
+    """Build and validate a Config from a nested dict (missing keys take defaults; keys
+    renamed since it was written are read under their new names)."""
     merged = Config().to_dict()
-    _merge(merged, values, "config")
+    _merge(merged, values, "config", warn=False)
     return validate(merged)
 
 
@@ -270,10 +297,7 @@ def load_config(path: Path | None = None, overrides: list[str] | tuple[str, ...]
         _merge(merged, read_yaml(path), str(path))
     for text in overrides:
         key, value = parse_override(text)
-        section, _, name = key.partition(".")
-        if section not in merged or name not in merged[section]:
-            raise _unknown(key)
-        merged[section][name] = value
+        _set(merged, key, value, "--set")
     return validate(merged)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import traceback
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,10 @@ def errors(debug: bool):
     """Print a user error as one line and exit 1; anything unexpected exits 4."""
     from .errors import ListaError
 
+    def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        say(f"warning: {message}")  # one plain line, e.g. a renamed config key
+
+    previous, warnings.showwarning = warnings.showwarning, show_warning
     try:
         yield
     except ListaError as exc:
@@ -47,6 +52,8 @@ def errors(debug: bool):
             soft_wrap=True,
         )
         raise typer.Exit(EXIT_INTERNAL) from None
+    finally:
+        warnings.showwarning = previous
 
 
 def progress_bar(quiet: bool):

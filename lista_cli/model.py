@@ -113,9 +113,9 @@ class UnfoldedISTA(nn.Module):
         """The model `config` describes (model.* of the configuration) around a fitted mean
         (d,) and subspace basis U (d, r); its weights start as classical ISTA's."""
         super().__init__()
-        kind, layers, step = config.layer, config.layers, config.step
+        kind, layers, step = config.layer_type, config.layers, config.step
         if kind not in LAYER_KINDS:
-            raise ValueError(f"model.layer must be one of {', '.join(LAYER_KINDS)}, got {kind!r}")
+            raise ValueError(f"model.layer_type must be one of {', '.join(LAYER_KINDS)}, got {kind!r}")
         if config.background not in BACKGROUNDS:
             raise ValueError(f"model.background must be one of {', '.join(BACKGROUNDS)}, got {config.background!r}")
         if layers < 1:
@@ -140,7 +140,7 @@ class UnfoldedISTA(nn.Module):
             self.gamma = nn.Parameter(torch.full((layers,), float(step)))
         self.log_theta = nn.Parameter(torch.full((layers,), math.log(step * config.lam)))
         if self.background != "global":
-            self.log_tau = nn.Parameter(torch.full((layers,), math.log(config.image_threshold)))
+            self.log_tau = nn.Parameter(torch.full((layers,), math.log(config.image_rank_threshold)))
             # Start of the subspace iteration for each image's own directions.
             self.register_buffer("image_start", _leading_directions(basis, min(dim, IMAGE_RANK)))
         self.requires_grad_(config.learn)

@@ -165,7 +165,7 @@ def train_layers(
             clean_rows = patches.unfold(clean, p, stride)  # (B, N, d)
             with torch.no_grad():
                 clean_scale = model.noise_scale(clean_rows - model.mean)
-            pick = _pick_rows(torch.ones(clean_rows.shape[:2]), cfg.train.patches_per_image, rng)
+            pick = _pick_rows(torch.ones(clean_rows.shape[:2]), cfg.train.patches_per_crop, rng)
             sparse_clean = _sparse_at(model, clean_rows, pick, clean_scale)
             loss = cfg.train.beta * sparse_clean.abs().sum(-1).mean()
             if augmented_count:
@@ -174,7 +174,7 @@ def train_layers(
                 with torch.no_grad():
                     aug_scale = model.noise_scale(aug_rows - model.mean)
                 touched = (target.abs().sum(-1) > 0).float()
-                pick = _pick_rows(1.0 + 20.0 * touched, cfg.train.patches_per_image, rng)
+                pick = _pick_rows(1.0 + 20.0 * touched, cfg.train.patches_per_crop, rng)
                 sparse_aug = _sparse_at(model, aug_rows, pick, aug_scale)
                 loss = loss + (sparse_aug - _gather(target, pick)).pow(2).sum(-1).mean()
             optimiser.zero_grad(set_to_none=True)

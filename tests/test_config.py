@@ -1,4 +1,5 @@
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ def test_precedence_defaults_file_overrides(tmp_path):
         ("train.stpes=3", "unknown config key 'train.stpes'; did you mean 'train.steps'?"),
         ("modle.layers=3", "did you mean 'model.layers'"),
         ("train.steps=abc", "train.steps must be an integer, got 'abc'"),
-        ("model.layer=dense", "model.layer must be one of full, cp, alista"),
+        ("model.layer_type=dense", "model.layer_type must be one of full, cp, alista"),
         ("model.energy=1.5", "model.energy must be < 1.0"),
         ("patch.stride=9", "patch.stride (9) must be <= patch.size (8)"),
         ("model.learn=maybe", "model.learn must be true or false"),
@@ -64,3 +65,34 @@ def test_unknown_key_in_file(tmp_path):
     path.write_text("score:\n  smooth_sigm: 1\n")
     with pytest.raises(ConfigError, match="did you mean 'score.smooth_sigma'"):
         load_config(path)
+
+
+def test_renamed_keys_still_work_with_a_warning(tmp_path):
+    """Old names in a config file or --set: used under the new name, one warning line each;
+    in a checkpoint's stored config: read silently."""
+    from typer.testing import CliRunner
+
+    from lista_cli.cli import app
+    from lista_cli.config import RENAMED_KEYS, from_dict
+
+    old_file = tmp_path / "old.yaml"
+    old_file.write_text("model:\n  layer: full\n  image_threshold: 0.05\n")
+    with pytest.warns(FutureWarning, match="config key model.layer is now model.layer_type"):
+        cfg = load_config(old_file, ["train.patches_per_image=7"])
+    assert (cfg.model.layer_type, cfg.model.image_rank_threshold, cfg.train.patches_per_crop) == ("full", 0.05, 7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stored = from_dict({"model": {"layer": "alista"}, "train": {"patches_per_image": 9}})
+    assert stored.model.layer_type == "alista" and stored.train.patches_per_crop == 9
+    result = CliRunner().invoke(app, ["config", "--config", str(old_file), "--set", "train.patches_per_image=5"])
+    assert result.exit_code == 0
+    lines = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert lines == [
+        f"warning: {where}: config key {old} is now {RENAMED_KEYS[old]} (the old name will be removed)"
+        for where, old in (
+            (old_file, "model.layer"),
+            (old_file, "model.image_threshold"),
+            ("--set", "train.patches_per_image"),
+        )
+    ]
+    assert "layer_type: full" in result.output and "patches_per_crop: 5" in result.output

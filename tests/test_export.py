@@ -39,7 +39,7 @@ VARIANTS = {
         "--set",
         "data.scales=[1,2,3]",
         "--set",
-        "model.layer=full",
+        "model.layer_type=full",
         "--set",
         "model.fista=true",
         "--set",
@@ -47,7 +47,7 @@ VARIANTS = {
     ],
     "ALISTA, absolute thresholds, no bank, no smoothing": [
         "--set",
-        "model.layer=alista",
+        "model.layer_type=alista",
         "--set",
         "model.relative_threshold=false",
         "--set",

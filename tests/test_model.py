@@ -44,7 +44,7 @@ def test_untrained_equals_ista(kind, relative):
     model = UnfoldedISTA(
         mean,
         basis,
-        ModelConfig(layers=layers, step=step, lam=lam, layer=kind, learn=False, relative_threshold=relative),
+        ModelConfig(layers=layers, step=step, lam=lam, layer_type=kind, learn=False, relative_threshold=relative),
     ).double()
     out = model(patches.double())
     x = patches.double() - mean.double()
@@ -59,7 +59,7 @@ def test_float32_model_close_to_float64_reference():
     gen = torch.Generator().manual_seed(3)
     mean, basis, patches = _random_problem(gen)
     model = UnfoldedISTA(
-        mean, basis, ModelConfig(layers=10, lam=0.3, layer="full", learn=False, relative_threshold=False)
+        mean, basis, ModelConfig(layers=10, lam=0.3, layer_type="full", learn=False, relative_threshold=False)
     )
     expected = ista_reference(patches.double() - mean.double(), basis.double(), 0.3, 1.0, 10, 1.0)
     assert float((model(patches).double() - expected).abs().max()) < 1e-5
@@ -69,7 +69,7 @@ def test_float32_model_close_to_float64_reference():
 def test_gradients_reach_every_parameter(kind):
     gen = torch.Generator().manual_seed(1)
     mean, basis, patches = _random_problem(gen)
-    model = UnfoldedISTA(mean, basis, ModelConfig(layers=4, lam=0.1, layer=kind, learn=True))
+    model = UnfoldedISTA(mean, basis, ModelConfig(layers=4, lam=0.1, layer_type=kind, learn=True))
     model(patches).pow(2).sum().backward()
     names = [name for name, _ in model.named_parameters()]
     assert "log_theta" in names
@@ -115,12 +115,12 @@ def test_fista_switch_equals_fista(kind):
     gen = torch.Generator().manual_seed(11)
     mean, basis, patches = _random_problem(gen)
     model = UnfoldedISTA(
-        mean, basis, ModelConfig(layers=12, lam=0.3, layer=kind, learn=False, relative_threshold=False, fista=True)
+        mean, basis, ModelConfig(layers=12, lam=0.3, layer_type=kind, learn=False, relative_threshold=False, fista=True)
     )
     expected = fista_reference(patches.double() - mean.double(), basis.double(), 0.3, 12, 1.0)
     assert float((model.double()(patches.double()) - expected).abs().max()) < 1e-5
     plain = UnfoldedISTA(
-        mean, basis, ModelConfig(layers=12, lam=0.3, layer=kind, learn=False, relative_threshold=False)
+        mean, basis, ModelConfig(layers=12, lam=0.3, layer_type=kind, learn=False, relative_threshold=False)
     )
     assert float((plain.double()(patches.double()) - expected).abs().max()) > 1e-4  # momentum matters
 
@@ -199,7 +199,13 @@ def test_untrained_image_background_equals_alternating_rpca(kind, background):
         mean,
         basis,
         ModelConfig(
-            layers=layers, step=step, lam=lam, layer=kind, learn=False, background=background, image_threshold=tau
+            layers=layers,
+            step=step,
+            lam=lam,
+            layer_type=kind,
+            learn=False,
+            background=background,
+            image_rank_threshold=tau,
         ),
     ).double()
     out = model(patches.double())
@@ -208,7 +214,9 @@ def test_untrained_image_background_equals_alternating_rpca(kind, background):
     assert float((out - expected).abs().max()) < 1e-5  # W was built in float32
     assert float(expected.abs().sum()) > 0
     # the image's own low rank changes the answer: it is not the global model in disguise
-    plain = UnfoldedISTA(mean, basis, ModelConfig(layers=layers, step=step, lam=lam, layer=kind, learn=False)).double()
+    plain = UnfoldedISTA(
+        mean, basis, ModelConfig(layers=layers, step=step, lam=lam, layer_type=kind, learn=False)
+    ).double()
     assert float((plain(patches.double()) - expected).abs().max()) > 1e-3
 
 
@@ -216,7 +224,9 @@ def test_untrained_image_background_equals_alternating_rpca(kind, background):
 def test_gradients_reach_image_background_thresholds(background):
     gen = torch.Generator().manual_seed(2)
     mean, basis, patches = _random_problem(gen)
-    model = UnfoldedISTA(mean, basis, ModelConfig(layers=4, lam=0.1, layer="cp", learn=True, background=background))
+    model = UnfoldedISTA(
+        mean, basis, ModelConfig(layers=4, lam=0.1, layer_type="cp", learn=True, background=background)
+    )
     model(patches).pow(2).sum().backward()
     for name, param in model.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), name
@@ -228,7 +238,7 @@ def test_image_background_handles_a_flat_image():
     """A constant image has a rank-1 patch matrix with d - 1 zero singular values."""
     mean = torch.zeros(16)
     basis = torch.eye(16)[:, :2]
-    model = UnfoldedISTA(mean, basis, ModelConfig(layers=3, layer="cp", learn=True, background="both"))
+    model = UnfoldedISTA(mean, basis, ModelConfig(layers=3, layer_type="cp", learn=True, background="both"))
     out = model(torch.full((1, 30, 16), 0.4))
     out.sum().backward()
     assert torch.isfinite(out).all()
