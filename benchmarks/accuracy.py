@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lista_cli.checkpoint import load_checkpoint
 from lista_cli.config import load_config
-from lista_cli.detect import detect
-from lista_cli.evaluate import evaluate, region_metrics, score_dataset
-from lista_cli.inputs import collect_inputs
-from lista_cli.train import train
+from lista_cli.detection.checkpoint import load_checkpoint
+from lista_cli.detection.evaluate import evaluate, region_metrics, score_dataset
+from lista_cli.detection.train import train
+from lista_cli.io.batch import detect
+from lista_cli.io.inputs import collect_inputs
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 COLUMNS = [

@@ -82,7 +82,7 @@ def main() -> None:
     single_seconds = time.perf_counter() - started
 
     merged = read_scores(out / "scores.csv")
-    from lista_cli.inputs import collect_inputs
+    from lista_cli.io.inputs import collect_inputs
 
     sharded_maps = {item.name: np.load(out / f"{item.name}_map.npy") for item in collect_inputs([str(images)]).images}
     same_maps = all(

@@ -22,9 +22,9 @@ from PIL import Image
 from skimage import data
 from skimage.restoration import richardson_lucy, unsupervised_wiener, wiener
 
-from lista_cli.blur import Blur, parse_psf
-from lista_cli.deblur import tikhonov
-from lista_cli.quality import psnr, ssim
+from lista_cli.restoration.blur import Blur, parse_psf
+from lista_cli.restoration.deblur import tikhonov
+from lista_cli.restoration.quality import psnr, ssim
 
 IMAGES = {"camera": data.camera, "moon": data.moon, "coins": data.coins}
 PSFS = ["gaussian:2", "box:5"]

@@ -22,8 +22,8 @@ from PIL import Image
 from skimage import data
 from skimage.restoration import unsupervised_wiener
 
-from lista_cli.blur import Blur, parse_psf
-from lista_cli.deblur import tikhonov
+from lista_cli.restoration.blur import Blur, parse_psf
+from lista_cli.restoration.deblur import tikhonov
 
 PSF = "gaussian:2"
 

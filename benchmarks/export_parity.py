@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lista_cli.checkpoint import load_checkpoint
 from lista_cli.config import load_config
-from lista_cli.export import export
-from lista_cli.imageio import read_image
-from lista_cli.inputs import collect_inputs
-from lista_cli.onnx_model import OnnxDetector
-from lista_cli.train import train
+from lista_cli.detection.checkpoint import load_checkpoint
+from lista_cli.detection.export import export
+from lista_cli.detection.onnx_model import OnnxDetector
+from lista_cli.detection.train import train
+from lista_cli.io.imageio import read_image
+from lista_cli.io.inputs import collect_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))

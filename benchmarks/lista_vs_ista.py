@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lista_cli import patches
-from lista_cli.checkpoint import load_checkpoint
 from lista_cli.config import load_config
-from lista_cli.cutpaste import cutpaste
-from lista_cli.evaluate import score_dataset
-from lista_cli.imageio import read_image
-from lista_cli.metrics import roc_auc
-from lista_cli.train import train
+from lista_cli.detection import patches
+from lista_cli.detection.checkpoint import load_checkpoint
+from lista_cli.detection.cutpaste import cutpaste
+from lista_cli.detection.evaluate import score_dataset
+from lista_cli.detection.metrics import roc_auc
+from lista_cli.detection.train import train
+from lista_cli.io.imageio import read_image
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "piped"
 LAYERS = [1, 2, 5, 10, 20]

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lista_cli.detect import REGION_FILE_COLUMNS, SCORE_COLUMNS
-from lista_cli.report import detect_report
+from lista_cli.io.batch import REGION_FILE_COLUMNS, SCORE_COLUMNS
+from lista_cli.io.report import detect_report
 
 
 def build(out: Path, count: int, seed: int = 0) -> None:

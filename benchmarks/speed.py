@@ -29,12 +29,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lista_cli import patches
-from lista_cli.checkpoint import load_checkpoint
 from lista_cli.config import load_config
-from lista_cli.detect import detect
-from lista_cli.inputs import collect_inputs
-from lista_cli.train import train
+from lista_cli.detection import patches
+from lista_cli.detection.checkpoint import load_checkpoint
+from lista_cli.detection.train import train
+from lista_cli.io.batch import detect
+from lista_cli.io.inputs import collect_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data" / "paper_BRG01"
@@ -98,7 +98,7 @@ def whole_process(model: Path, tmp: Path, count: int) -> dict:
     one = command([first], tmp / "process_one")
     every = command([str(folder)], tmp / "process_all")
     if model.suffix == ".onnx":
-        from lista_cli.onnx_model import OnnxDetector
+        from lista_cli.detection.onnx_model import OnnxDetector
 
         detector = OnnxDetector(model)
     else:
@@ -119,8 +119,8 @@ def whole_process(model: Path, tmp: Path, count: int) -> dict:
 def onnx_against_torch(models: dict[int, Path], tmp: Path, sizes: list[int]) -> list[dict]:
     """In-process images/s of the checkpoint (PyTorch) and its export (ONNX Runtime) on the
     same decoded images, best of 3 passes each."""
-    from lista_cli.export import export
-    from lista_cli.onnx_model import OnnxDetector
+    from lista_cli.detection.export import export
+    from lista_cli.detection.onnx_model import OnnxDetector
 
     rows = []
     for channels, model in models.items():
@@ -223,7 +223,7 @@ def main() -> None:
             print(row, file=sys.stderr, flush=True)
         process = whole_process(default_model, tmp, args.process_images)
         print(process, file=sys.stderr, flush=True)
-        from lista_cli.export import export
+        from lista_cli.detection.export import export
 
         exported_default = export(load_checkpoint(default_model), tmp / "default.onnx")
         onnx_process = whole_process(exported_default, tmp, args.process_images)

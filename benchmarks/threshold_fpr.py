@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lista_cli.checkpoint import load_checkpoint
 from lista_cli.config import load_config
-from lista_cli.evaluate import score_dataset
-from lista_cli.thresholds import set_thresholds
-from lista_cli.train import train
+from lista_cli.detection.checkpoint import load_checkpoint
+from lista_cli.detection.evaluate import score_dataset
+from lista_cli.detection.thresholds import set_thresholds
+from lista_cli.detection.train import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import SHARED, datasets  # noqa: E402

@@ -77,14 +77,14 @@ def _load_model(path: Path, device: str, threads: int):
     """A checkpoint as a Detector, or an exported MODEL.onnx as an OnnxDetector (ONNX Runtime
     on the CPU, no torch)."""
     if path.suffix.lower() == ".onnx":
+        from .detection.onnx_model import OnnxDetector
         from .errors import ListaError
-        from .onnx_model import OnnxDetector
 
         if device not in ("auto", "cpu"):
             raise ListaError(f"--device {device}: an exported model runs on the CPU (ONNX Runtime)")
         return OnnxDetector(path, threads)
     _setup_torch(threads)
-    from .checkpoint import load_checkpoint
+    from .detection.checkpoint import load_checkpoint
 
     return load_checkpoint(path, _device(device))
 
@@ -108,7 +108,7 @@ def train(
 
         cfg = load_config(config, set_ or [])
         _setup_torch(threads or cfg.train.threads)
-        from .train import train as run_train
+        from .detection.train import train as run_train
 
         with progress_bar(quiet) as progress:
             total = cfg.train.steps * len(cfg.data.scales) if cfg.model.learn else 0
@@ -150,7 +150,7 @@ BoundaryOpt = Annotated[
 
 def _gather_inputs(inputs: list[str], recursive: bool, ext: str | None):
     """Collect images; inputs naming nothing are reported and fatal only when nothing is left."""
-    from .inputs import InputError, collect_inputs, parse_extensions
+    from .io.inputs import InputError, collect_inputs, parse_extensions
 
     found = collect_inputs(inputs, recursive=recursive, extensions=parse_extensions(ext))
     if not found.images:
@@ -200,16 +200,16 @@ def detect(
     failures on stderr and in failures.csv); 1 when nothing could start (bad model,
     inputs or output folder)."""
     with errors(debug):
-        from .detect import check_output_dir, failures_path, scores_path, write_failures
-        from .detect import detect as run_detect
         from .errors import ListaError
-        from .inputs import parse_shard, select_shard
+        from .io.batch import check_output_dir, failures_path, scores_path, write_failures
+        from .io.batch import detect as run_detect
+        from .io.inputs import parse_shard, select_shard
 
         shard_spec = parse_shard(shard)
         if report:
             if shard_spec is not None:
                 raise ListaError("--report needs the whole batch: run lista report DIR after merge-scores")
-            from .report import require_libraries
+            from .io.report import require_libraries
 
             require_libraries()  # a missing extra is reported before any work
         found = _gather_inputs(inputs, recursive, ext)
@@ -238,7 +238,7 @@ def detect(
         if failures:
             write_failures(failures_path(out, shard_spec), failures)
         if report and shard_spec is None:
-            from .report import detect_report
+            from .io.report import detect_report
 
             page = detect_report(out)
             if not quiet:
@@ -286,8 +286,8 @@ def threshold_command(
     recall with the counts they rest on."""
     with errors(debug):
         _setup_torch(threads)
+        from .detection.thresholds import parse_target, set_thresholds
         from .errors import ListaError
-        from .thresholds import parse_target, set_thresholds
 
         if in_place and out is not None:
             raise ListaError("give --out or --in-place, not both")
@@ -325,11 +325,11 @@ def export_command(
             raise ListaError(f"--format {format_}: expected onnx")
         if out.resolve() == model.resolve():
             raise ListaError(f"--out {out}: would overwrite the model file")
-        from .export import export, require_onnx
+        from .detection.export import export, require_onnx
 
         require_onnx()  # a missing extra is reported before the checkpoint is read
         _setup_torch(0)
-        from .checkpoint import load_checkpoint
+        from .detection.checkpoint import load_checkpoint
 
         detector = load_checkpoint(model, "cpu")
         written = export(detector, out)
@@ -348,7 +348,7 @@ def report_command(
     """Write OUT/report.html: summary, score histogram and a gallery of image, heatmap and mask
     sorted by score, with each image's regions. Opens from disk; needs lista-cli[report]."""
     with errors(debug):
-        from .report import detect_report
+        from .io.report import detect_report
 
         page = detect_report(out)
         if not quiet:
@@ -363,7 +363,7 @@ def merge_scores(
 ) -> None:
     """Join the shards' scores.shard-I-of-N.csv into scores.csv (and their failures files)."""
     with errors(debug):
-        from .detect import merge_scores as run_merge
+        from .io.batch import merge_scores as run_merge
 
         rows, shards = run_merge(out)
         if not quiet:
@@ -390,11 +390,11 @@ def evaluate(
     model's calibrated threshold."""
     with errors(debug):
         _setup_torch(threads)
-        from .checkpoint import load_checkpoint
-        from .evaluate import evaluate as run_eval
+        from .detection.checkpoint import load_checkpoint
+        from .detection.evaluate import evaluate as run_eval
 
         if report_path is not None:
-            from .report import require_libraries
+            from .io.report import require_libraries
 
             require_libraries()  # a missing extra is reported before any work
         detector = load_checkpoint(model, _device(device))
@@ -402,7 +402,7 @@ def evaluate(
         if report_path is not None:
             import numpy as np
 
-            from .report import eval_report
+            from .io.report import eval_report
 
             labels = np.array([row["kind"] != "good" for row in report["image_scores"]])
             scores = np.array([row["score"] for row in report["image_scores"]])
@@ -417,7 +417,7 @@ def evaluate(
 
 def _run_batch(run, found, out: Path, quiet: bool, json_out: bool, label: str, **kwargs) -> None:
     """Shared driver of deblur / blur: progress, JSON lines, failures file, exit code."""
-    from .detect import write_failures
+    from .io.batch import write_failures
 
     with progress_bar(quiet) as progress:
         task = progress.add_task(label, total=len(found.images), info="")
@@ -476,9 +476,9 @@ def deblur(
     With --alpha auto the weight follows the discrepancy principle (noise given or
     estimated) or GCV; the chosen alpha is reported per image (--json)."""
     with errors(debug):
-        from .blur import Blur, parse_psf
         from .errors import ListaError
-        from .restore import deblur_images
+        from .restoration.blur import Blur, parse_psf
+        from .restoration.restore import deblur_images
 
         alpha_value: float | str = alpha
         if alpha != "auto":
@@ -530,8 +530,8 @@ def blur(
 ) -> None:
     """Blur images with a PSF and optional noise, to try a deblurring set-up."""
     with errors(debug):
-        from .blur import Blur, parse_psf
-        from .restore import blur_images
+        from .restoration.blur import Blur, parse_psf
+        from .restoration.restore import blur_images
 
         blur_op = Blur(parse_psf(psf), boundary)
         found = _gather_inputs(inputs, recursive, ext)

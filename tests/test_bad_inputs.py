@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from lista_cli.cli import app
-from lista_cli.imageio import read_image
+from lista_cli.io.imageio import read_image
 
 runner = CliRunner()
 

@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from lista_cli.checkpoint import load_checkpoint
 from lista_cli.cli import app
-from lista_cli.detect import detect
-from lista_cli.inputs import InputError, InputImage, collect_inputs, parse_shard, select_shard
+from lista_cli.detection.checkpoint import load_checkpoint
+from lista_cli.io.batch import detect
+from lista_cli.io.inputs import InputError, InputImage, collect_inputs, parse_shard, select_shard
 
 from .conftest import texture, train_tiny
 
@@ -181,7 +181,7 @@ def _region_rows(path):
 
 
 def test_regions_file_matches_masks_and_survives_shards_and_resume(setup, tmp_path):
-    from lista_cli.regions import label_regions
+    from lista_cli.detection.regions import label_regions
 
     model, images = setup
     detector = load_checkpoint(model)
@@ -207,7 +207,7 @@ def test_regions_file_matches_masks_and_survives_shards_and_resume(setup, tmp_pa
     sharded = tmp_path / "sharded"
     for index in range(3):
         detect(detector, select_shard(found, (index, 3)), sharded, shard=(index, 3))
-    from lista_cli.detect import merge_scores
+    from lista_cli.io.batch import merge_scores
 
     merge_scores(sharded)
     assert _region_rows(sharded / "regions.csv") == rows

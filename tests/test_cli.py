@@ -181,8 +181,8 @@ def test_training_is_repeatable(mvtec, tmp_path):
 
 
 def test_checkpoint_keeps_the_code_bank_and_reads_formats_1_and_2(model, tmp_path, mvtec):
-    from lista_cli.checkpoint import load_checkpoint
-    from lista_cli.imageio import read_image
+    from lista_cli.detection.checkpoint import load_checkpoint
+    from lista_cli.io.imageio import read_image
 
     detector = load_checkpoint(model)
     bank = detector.scales[0].bank
@@ -229,7 +229,7 @@ def test_checkpoint_keeps_the_code_bank_and_reads_formats_1_and_2(model, tmp_pat
 def test_training_that_only_hurts_keeps_the_untrained_model(mvtec, tmp_path):
     """A wild learning rate wrecks the layers; validation must keep step 0 (ISTA itself)."""
     from lista_cli.config import load_config
-    from lista_cli.train import train
+    from lista_cli.detection.train import train
 
     overrides = ["train.steps=6", "train.val_every=2", "train.batch=4", "score.bank_size=0"]
     wrecked = train(mvtec, load_config(None, [*overrides, "train.lr=50"]), tmp_path / "wrecked.pt")
@@ -244,7 +244,7 @@ def test_training_that_only_hurts_keeps_the_untrained_model(mvtec, tmp_path):
 
 @pytest.mark.parametrize("background", ["image", "both"])
 def test_image_background_trains_detects_and_tiles(mvtec, tmp_path, background):
-    from lista_cli.checkpoint import load_checkpoint
+    from lista_cli.detection.checkpoint import load_checkpoint
 
     model = tmp_path / f"{background}.pt"
     result = runner.invoke(
@@ -267,7 +267,7 @@ def test_image_background_trains_detects_and_tiles(mvtec, tmp_path, background):
 
 
 def test_a_scale_too_small_for_a_patch_is_skipped_with_a_warning(tmp_path, rng):
-    from lista_cli.checkpoint import load_checkpoint
+    from lista_cli.detection.checkpoint import load_checkpoint
 
     data = tmp_path / "tiny"
     data.mkdir()
@@ -298,7 +298,7 @@ def test_auto_size_scales_every_image_by_one_factor(tmp_path, rng):
     # median shorter side 290 px: candidates 128, 256 and 290 px
     assert "working size" in result.output and all(f"{side} px" in result.output for side in (128, 256, 290))
     assert "per defect family: scratch" in result.output and "crack" in result.output  # 1 held out: 3 families
-    from lista_cli.checkpoint import load_checkpoint
+    from lista_cli.detection.checkpoint import load_checkpoint
 
     detector = load_checkpoint(model)
     assert any(detector.working_scale == pytest.approx(side / 290) for side in (128, 256, 290))
@@ -322,8 +322,8 @@ def test_messages_echo_what_the_user_typed_literally(tmp_path):
 
 
 def test_context_map_trains_saves_tiles_and_leaves_images_out(mvtec, tmp_path):
-    from lista_cli.checkpoint import load_checkpoint
-    from lista_cli.imageio import read_image
+    from lista_cli.detection.checkpoint import load_checkpoint
+    from lista_cli.io.imageio import read_image
 
     model = tmp_path / "context.pt"
     result = runner.invoke(app, ["train", str(mvtec), "--out", str(model), *FAST, "--set", "score.context=true"])

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from lista_cli.config import Config
-from lista_cli.mixing import RESIDUAL_WEIGHTS, SPARSE_SHARES, choose_weights, share_weights
-from lista_cli.pipeline import Detector, Scale
-from lista_cli.validation import sampled
+from lista_cli.detection.detector import Detector, Scale
+from lista_cli.detection.mixing import RESIDUAL_WEIGHTS, SPARSE_SHARES, choose_weights, share_weights
+from lista_cli.detection.validation import sampled
 
 
 def _detector(share=None, scales=2, residual=False, residual_weight=None):
@@ -96,9 +96,9 @@ def test_the_mix_score_equals_scoring_the_combined_maps():
 
 
 def test_step_validation_reuses_the_bank_maps_and_scores_like_the_whole_detector():
-    from lista_cli.mixing import StepValidation, validation_score
-    from lista_cli.train import init_scale
-    from lista_cli.validation import make_validation_set
+    from lista_cli.detection.mixing import StepValidation, validation_score
+    from lista_cli.detection.train import init_scale
+    from lista_cli.detection.validation import make_validation_set
 
     gen = torch.Generator().manual_seed(23)
     images = [torch.rand(1, 37, 41, generator=gen) * 0.5 + 0.25 for _ in range(5)]

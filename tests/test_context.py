@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from lista_cli.context import coarse_index, stack_codes
+from lista_cli.detection.context import coarse_index, stack_codes
 
 
 def test_coarse_index_is_the_nearest_coarse_patch_centre():

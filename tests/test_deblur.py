@@ -5,9 +5,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from lista_cli.blur import Blur, PSFError, parse_psf
 from lista_cli.cli import app
-from lista_cli.deblur import LAPLACIAN, dct2, estimate_noise, idct2, tikhonov
+from lista_cli.restoration.blur import Blur, PSFError, parse_psf
+from lista_cli.restoration.deblur import LAPLACIAN, dct2, estimate_noise, idct2, tikhonov
 
 SPECS = ["gaussian:1.5", "box:5", "motion:7,30", "kernel:0.05,0.24,0.40,0.24,0.05"]
 
@@ -191,7 +191,7 @@ def test_upre_alpha_is_near_the_oracle_alpha():
 def test_binned_alpha_curve_equals_the_per_coefficient_sums():
     """The alpha rules' residual and trace, summed over bins of log(dtd / |a|^2), against the
     exact per-coefficient sums in float64 (zeros of |a| and of dtd included)."""
-    from lista_cli.deblur import _ResidualCurve
+    from lista_cli.restoration.deblur import _ResidualCurve
 
     rng = np.random.default_rng(13)
     power = rng.random(5000) ** 4

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from lista_cli.edges import QUANTILE, damp_edges, edge_profile
+from lista_cli.detection.edges import QUANTILE, damp_edges, edge_profile
 
 
 def test_damp_edges_matches_a_pixel_loop():

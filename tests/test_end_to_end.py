@@ -6,9 +6,9 @@ import numpy as np
 from PIL import Image
 from typer.testing import CliRunner
 
-from lista_cli.checkpoint import load_checkpoint
 from lista_cli.cli import app
-from lista_cli.evaluate import evaluate
+from lista_cli.detection.checkpoint import load_checkpoint
+from lista_cli.detection.evaluate import evaluate
 
 from .conftest import SAMPLE
 

@@ -18,16 +18,16 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from lista_cli.cli import app
-from lista_cli.imageio import ImageError, read_image
+from lista_cli.io.imageio import ImageError, read_image
 
 from .conftest import REPO, SAMPLE, make_mvtec, train_tiny
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from lista_cli.checkpoint import load_checkpoint  # noqa: E402
-from lista_cli.export import export  # noqa: E402
-from lista_cli.onnx_model import OnnxDetector  # noqa: E402
+from lista_cli.detection.checkpoint import load_checkpoint  # noqa: E402
+from lista_cli.detection.export import export  # noqa: E402
+from lista_cli.detection.onnx_model import OnnxDetector  # noqa: E402
 
 runner = CliRunner()
 TOLERANCE = 1e-4  # on maps divided by the image threshold (1.0 = the threshold)
@@ -200,8 +200,8 @@ class Blocked(importlib.abc.MetaPathFinder):
         if name.split(".")[0] in {"torch", "typer", "rich", "yaml", "jinja2", "matplotlib", "scipy", "sklearn"}:
             raise ImportError(f"{name} is not available here")
 sys.meta_path.insert(0, Blocked())
-from lista_cli.imageio import ImageError, read_image
-from lista_cli.onnx_model import OnnxDetector
+from lista_cli.io.imageio import ImageError, read_image
+from lista_cli.detection.onnx_model import OnnxDetector
 result = OnnxDetector(sys.argv[1]).detect_batch([read_image(sys.argv[2])])[0]
 print(json.dumps({"score": result.score, "anomalous": result.anomalous, "modules": sorted(sys.modules)}))
 """

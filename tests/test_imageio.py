@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lista_cli.imageio import ImageError, read_image, to_channels
+from lista_cli.io.imageio import ImageError, read_image, to_channels
 
 
 def test_modes_and_formats_become_floats_in_unit_range(tmp_path, rng):

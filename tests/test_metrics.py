@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from lista_cli.metrics import roc_auc
+from lista_cli.detection.metrics import roc_auc
 
 
 @pytest.mark.parametrize("size", [2, 17, 1001])
@@ -20,7 +20,7 @@ def test_roc_auc_one_class_is_nan():
 
 from sklearn.metrics import precision_recall_curve  # noqa: E402
 
-from lista_cli.metrics import aupro, f1_at, f1_max, label_regions  # noqa: E402
+from lista_cli.detection.metrics import aupro, f1_at, f1_max, label_regions  # noqa: E402
 
 
 @pytest.mark.parametrize("size", [5, 64, 999])
@@ -77,7 +77,7 @@ def test_aupro_region_weighting_and_perfect():
 def test_topk_image_score_is_the_mean_of_the_largest_pixels(shape, share):
     import torch
 
-    from lista_cli.scoring import image_scores
+    from lista_cli.detection.scoring import image_scores
 
     maps = torch.rand(shape, generator=torch.Generator().manual_seed(shape[1]))
     got = image_scores(maps, "topk", share).numpy()
@@ -97,7 +97,7 @@ def test_gaussian_smooth_equals_scipy(sigma, border, mode):
     import torch
     from scipy import ndimage
 
-    from lista_cli.scoring import gaussian_smooth
+    from lista_cli.detection.scoring import gaussian_smooth
 
     maps = np.random.default_rng(int(10 * sigma)).random((2, 23, 31))
     got = gaussian_smooth(torch.from_numpy(maps), sigma, border).numpy()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from lista_cli.regions import find_regions, label_regions
+from lista_cli.detection.regions import find_regions, label_regions
 
 
 @pytest.mark.parametrize(
@@ -65,7 +65,7 @@ def test_region_statistics_equal_a_loop_over_regions():
 
 
 def test_heatmap_outlines_each_region_in_cyan():
-    from lista_cli.writer import OUTLINE, heatmap_overlay
+    from lista_cli.io.writer import OUTLINE, heatmap_overlay
 
     mask = np.zeros((12, 15), bool)
     mask[2:7, 3:9] = True  # a 5 x 6 block: its border is outlined, its inside is not

@@ -108,7 +108,7 @@ def test_detect_report_opens_in_chromium_without_errors(batch, tmp_path):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (.ci/install installs it)")
 def test_gallery_pages(batch):
-    from lista_cli.report import detect_report
+    from lista_cli.io.report import detect_report
 
     _, _, out = batch
     detect_report(out, page_size=8)

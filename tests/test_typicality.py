@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from lista_cli import scoring, typicality
-from lista_cli.typicality import CodeBank, coreset
+from lista_cli.detection import scoring, typicality
+from lista_cli.detection.typicality import CodeBank, coreset
 
 
 @pytest.mark.parametrize("block", [7, 4096])
@@ -83,7 +83,7 @@ def test_coreset_keeps_a_rare_cluster_that_random_sampling_misses():
 
 @pytest.mark.parametrize("band", [1, 7, 65536])
 def test_bank_holds_the_code_of_every_offset_whatever_the_band(monkeypatch, band):
-    from lista_cli import patches
+    from lista_cli.detection import patches
 
     monkeypatch.setattr(typicality, "BANK_BAND_PATCHES", band)
     image = torch.rand(3, 50, 37, generator=torch.Generator().manual_seed(9))

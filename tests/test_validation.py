@@ -5,11 +5,11 @@ import pytest
 import torch
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
-from lista_cli.calibration import calibrate, pixel_threshold
 from lista_cli.config import Config
-from lista_cli.defects import FAMILIES, drawn_defect
-from lista_cli.validation import make_validation_set, sampled
-from lista_cli.working_size import candidates
+from lista_cli.detection.calibration import calibrate, pixel_threshold
+from lista_cli.detection.defects import FAMILIES, drawn_defect
+from lista_cli.detection.validation import make_validation_set, sampled
+from lista_cli.detection.working_size import candidates
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -99,7 +99,7 @@ def test_candidate_sizes(shapes, expected):
 
 
 def test_training_defects_mix_cutpaste_and_drawn_families_when_asked():
-    from lista_cli.train import training_defect
+    from lista_cli.detection.train import training_defect
 
     config = Config()
     crop = 0.3 + 0.4 * torch.rand(3, 33, 29, generator=torch.Generator().manual_seed(1))
@@ -118,7 +118,7 @@ def test_training_defects_mix_cutpaste_and_drawn_families_when_asked():
 
 
 def test_calibration_uses_held_out_images_and_a_seeded_share_of_the_rest(monkeypatch):
-    from lista_cli import calibration
+    from lista_cli.detection import calibration
 
     class Scorer:  # the map of an image is the image; leaving one out changes nothing here
         def anomaly_maps(self, images):
@@ -140,7 +140,7 @@ def test_calibration_uses_held_out_images_and_a_seeded_share_of_the_rest(monkeyp
 
 
 def test_calibration_round_trips_and_reads_older_dicts():
-    from lista_cli.pipeline import Calibration
+    from lista_cli.detection.detector import Calibration
 
     calibration = Calibration([1.0, 2.0], 3.5, 1.5, [1.2, 1.1], [1.3], [0.5, 0.7])
     assert Calibration.from_dict(calibration.to_dict()) == calibration

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from . import edges
-from .pipeline import Detector
+from .detector import Detector
 from .validation import ValidationSet
 
 MAX_CALIBRATION_IMAGES = 200  # normal images whose maps set the edge damping and the threshold

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import Config
+from ..io.imageio import ImageError, to_channels, working_shape
 from . import edges, patches, scoring
-from .config import Config
 from .context import ContextBank
-from .imageio import ImageError, to_channels, working_shape
 from .model import UnfoldedISTA
 from .regions import Result, decide
 from .typicality import CodeBank, log_residual

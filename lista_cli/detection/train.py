@@ -12,16 +12,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import Config
 from . import patches
 from .calibration import calibrate_detector
 from .checkpoint import save_checkpoint
-from .config import Config
 from .context import build_context
 from .cutpaste import cutpaste
 from .defects import FAMILIES, drawn_defect
+from .detector import Calibration, Detector, Scale, downsample
 from .mixing import StepValidation, choose_weights, component_maps, validation_score
 from .model import PrincipalAxes, UnfoldedISTA
-from .pipeline import Calibration, Detector, Scale, downsample
 from .training_data import at_size, load_training_arrays, training_folder
 from .typicality import MAX_BANK_CANDIDATES, MAX_CODE_RANK, build_bank
 from .validation import ValidationSet, make_validation_set

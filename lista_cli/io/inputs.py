@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
-from .errors import ListaError
+from ..errors import ListaError
 from .imageio import IMAGE_EXTENSIONS
 
 

@@ -1,6 +1,6 @@
 """Tikhonov deconvolution in closed form: x = (A^T A + alpha D^T D)^-1 A^T y.
 
-A is the blur (lista_cli.blur), D the identity (classical Tikhonov) or the discrete
+A is the blur (lista_cli.restoration.blur), D the identity (classical Tikhonov) or the discrete
 Laplacian (smoothness). Both are diagonalised by one transform T, so the solve is a
 division per coefficient:  X = conj(a) Y / (|a|^2 + alpha |l|^2)  with a, l the
 eigenvalues of A and D:
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import ListaError
 from .blur import Blur, psf_is_symmetric, symmetric_index
-from .errors import ListaError
 
 LAPLACIAN = np.array([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
 REGULARISERS = ("identity", "laplacian")

@@ -13,13 +13,13 @@ from typing import Any
 
 import torch
 
-from . import __version__
-from .config import Config, ConfigError, from_dict
+from .. import __version__
+from ..config import Config, ConfigError, from_dict
+from ..errors import ListaError
+from ..io.imageio import atomic_write
 from .context import ContextBank
-from .errors import ListaError
-from .imageio import atomic_write
+from .detector import Calibration, Detector, Scale
 from .model import UnfoldedISTA
-from .pipeline import Calibration, Detector, Scale
 from .typicality import CodeBank
 
 FORMAT = "lista-checkpoint"

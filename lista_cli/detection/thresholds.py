@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import ListaError
+from ..io.dataset import test_images
+from ..io.imageio import ImageError, atomic_write, read_image
+from ..io.inputs import collect_inputs
 from .checkpoint import CheckpointError, load_checkpoint
-from .dataset import test_images
-from .errors import ListaError
-from .imageio import ImageError, atomic_write, read_image
-from .inputs import collect_inputs
+from .detector import Detector
 from .metrics import f1_max
-from .pipeline import Detector
 
 MAX_PIXELS = 2_000_000  # pixels sampled for the mask threshold's F1
 

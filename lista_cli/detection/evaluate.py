@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from .dataset import TestImage, test_images
-from .imageio import read_image
+from ..io.dataset import TestImage, test_images
+from ..io.imageio import read_image
+from .detector import Detector
 from .metrics import aupro, f1_at, f1_max, roc_auc
-from .pipeline import Detector
 from .regions import label_regions
 
 # Metrics of an eval table (cli) and report (report.py), with their column titles.

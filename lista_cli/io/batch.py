@@ -19,15 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ListaError
+from ..detection.regions import REGION_COLUMNS
+from ..errors import ListaError
 from .imageio import ImageError, atomic_write, read_image
 from .inputs import InputImage, shard_suffix
-from .regions import REGION_COLUMNS
 from .writer import output_paths, write_outputs
 
 if TYPE_CHECKING:  # the batch runner also runs exported models (onnx_model), without torch
-    from .onnx_model import OnnxDetector
-    from .pipeline import Detector
+    from ..detection.detector import Detector
+    from ..detection.onnx_model import OnnxDetector
 
 SCORE_COLUMNS = ["image", "score", "normalized_score", "anomalous", "heatmap", "mask", "map"]
 REGION_FILE_COLUMNS = ["image", "region", *REGION_COLUMNS]

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import Config
-from .errors import ListaError
-from .imageio import ImageError, read_image
-from .inputs import collect_inputs
-from .pipeline import to_tensor
+from ..config import Config
+from ..errors import ListaError
+from ..io.imageio import ImageError, read_image
+from ..io.inputs import collect_inputs
+from .detector import to_tensor
 from .working_size import WorkingSize
 
 

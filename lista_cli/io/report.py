@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .errors import ListaError
+from .. import __version__
+from ..errors import ListaError
 from .imageio import atomic_write
 
 PAGE_SIZE = 60  # gallery items per page
@@ -101,7 +101,7 @@ def curves_svg(labels: np.ndarray, scores: np.ndarray, threshold: float) -> str:
 def _render(name: str, **context: Any) -> str:
     jinja2 = require_libraries()
     environment = jinja2.Environment(
-        loader=jinja2.PackageLoader("lista_cli", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
+        loader=jinja2.PackageLoader("lista_cli.io", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
     )
     return environment.get_template(name).render(version=__version__, **context)
 
@@ -175,7 +175,7 @@ def detect_report(out_dir: Path, page_size: int = PAGE_SIZE) -> Path:
 
 def eval_report(report: dict[str, Any], labels: np.ndarray, scores: np.ndarray, path: Path) -> Path:
     """Write an eval report: summary, histogram, ROC and precision-recall curves, per-kind table."""
-    from .evaluate import EVAL_COLUMNS as columns
+    from ..detection.evaluate import EVAL_COLUMNS as columns
 
     table = [(kind, metrics) for kind, metrics in report["kinds"].items()] + [("all", report)]
     html = _render(

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 
 from . import scoring
-from .pipeline import Detector, Scale
+from .detector import Detector, Scale
 from .validation import ValidationSet
 
 SPARSE_SHARES = (0.5, 0.25, 0.75, 0.1, 0.9, 0.0, 1.0)  # candidate mixes; the first wins ties

@@ -10,12 +10,12 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ListaError
+from ..io.batch import check_output_dir
+from ..io.imageio import IMAGE_EXTENSIONS, bit_depth, read_image, save_image
+from ..io.inputs import InputImage
 from .blur import Blur
 from .deblur import tikhonov
-from .detect import check_output_dir
-from .errors import ListaError
-from .imageio import IMAGE_EXTENSIONS, bit_depth, read_image, save_image
-from .inputs import InputImage
 from .quality import psnr, ssim
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ListaError
+from ..errors import ListaError
 from .imageio import IMAGE_EXTENSIONS, read_image
 
 

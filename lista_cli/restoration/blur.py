@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ListaError
+from ..errors import ListaError
 
 BOUNDARIES = ("periodic", "reflect")
 
@@ -88,7 +88,7 @@ def parse_psf(spec: str) -> np.ndarray:
         ) from None
     path = Path(spec)
     if path.is_file():
-        from .imageio import ImageError, read_image
+        from ..io.imageio import ImageError, read_image
 
         try:
             image = read_image(path)

@@ -5,8 +5,8 @@ nothing else): no torch. `OnnxDetector` offers what the batch runner uses of a c
 Detector (channels, threshold, check_size, detect_batch), so `lista detect MODEL.onnx`
 has the same outputs, batching, sharding and error handling.
 
-    from lista_cli.onnx_model import OnnxDetector
-    from lista_cli.imageio import read_image
+    from lista_cli.detection.onnx_model import OnnxDetector
+    from lista_cli.io.imageio import read_image
     result = OnnxDetector("texture.onnx").detect_batch([read_image("part.png")])[0]
 """
 
@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ListaError
-from .imageio import ImageError, working_shape
+from ..errors import ListaError
+from ..io.imageio import ImageError, working_shape
 from .regions import Result, decide
 
 FORMAT = "lista-onnx"

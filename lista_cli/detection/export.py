@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
-from .errors import ListaError
-from .imageio import atomic_write
+from .. import __version__
+from ..errors import ListaError
+from ..io.imageio import atomic_write
+from .detector import Detector, Scale
 from .onnx_graph import Graph, antialias_matrix, bilinear_matrix, crop, resize
-from .pipeline import Detector, Scale
 from .scoring import gaussian_kernel
 from .typicality import RESIDUAL_FLOOR
 

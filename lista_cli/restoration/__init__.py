@@ -1,0 +1,1 @@
+"""Deblurring: the blur operator, Tikhonov solvers, the regularisation-parameter rules, quality."""
