@@ -201,9 +201,10 @@ def detect(
     inputs or output folder)."""
     with errors(debug):
         from .errors import ListaError
-        from .io.batch import check_output_dir, failures_path, scores_path, write_failures
         from .io.batch import detect as run_detect
+        from .io.batch import scores_path
         from .io.inputs import parse_shard, select_shard
+        from .io.outputs import check_output_dir, failures_path, write_failures
 
         shard_spec = parse_shard(shard)
         if report:
@@ -417,7 +418,7 @@ def evaluate(
 
 def _run_batch(run, found, out: Path, quiet: bool, json_out: bool, label: str, **kwargs) -> None:
     """Shared driver of deblur / blur: progress, JSON lines, failures file, exit code."""
-    from .io.batch import write_failures
+    from .io.outputs import write_failures
 
     with progress_bar(quiet) as progress:
         task = progress.add_task(label, total=len(found.images), info="")

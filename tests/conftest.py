@@ -67,3 +67,12 @@ def train_tiny(data: Path, out: Path, *extra: str) -> Path:
     result = CliRunner().invoke(app, ["train", str(data), "--out", str(out), *FAST_TRAIN, *extra])
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory) -> tuple[Path, Path]:
+    """(model, its MVTec folder): one tiny model trained once for every module that only
+    reads it (its data must be left as found)."""
+    root = tmp_path_factory.mktemp("tiny_trained")
+    data = make_mvtec(root / "data", np.random.default_rng(RNG_SEED + 1))
+    return train_tiny(data, root / "model.pt"), data

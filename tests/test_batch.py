@@ -20,19 +20,15 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    from .conftest import make_mvtec
-
+def setup(tmp_path_factory, tiny_trained):
     root = tmp_path_factory.mktemp("batch")
     rng = np.random.default_rng(1)
-    data = make_mvtec(root / "data", rng)
     images = root / "images"
     for i in range(23):
         sub = images / f"line{i % 3}"
         sub.mkdir(parents=True, exist_ok=True)
         Image.fromarray(texture(rng, 37, 45)).save(sub / f"img{i:02d}.png")
-    model = train_tiny(data, root / "m.pt")
-    return model, images
+    return tiny_trained[0], images
 
 
 def _scores(path):

@@ -33,14 +33,16 @@ def model(tmp_path_factory):
 
 def test_train_writes_a_loadable_self_describing_checkpoint(model):
     payload = torch.load(model, weights_only=True)
-    assert payload["format"] == "lista-checkpoint"
+    assert payload["format"] == "lista-checkpoint" and payload["format_version"] == 5
     assert payload["config"]["train"]["steps"] == 4
-    assert payload["calibration"]["threshold"] > 0
-    assert 0 < payload["calibration"]["pixel_threshold"] <= payload["calibration"]["threshold"]
-    assert payload["config"]["data"]["image_size"] == "auto" and payload["working_scale"] == 1.0  # 37x45: own size
+    extra = payload["state"]["_extra_state"]
+    calibration = extra["calibration"]
+    assert calibration["threshold"] > 0
+    assert 0 < calibration["pixel_threshold"] <= calibration["threshold"]
+    assert payload["config"]["data"]["image_size"] == "auto" and extra["working_scale"] == 1.0  # 37x45: own size
     # every training image is calibrated on (6 left out of the bank one at a time, 2 held out)
-    assert len(payload["calibration"]["image_scores"]) == 8
-    assert payload["channels"] == 3
+    assert len(calibration["image_scores"]) == 8
+    assert extra["channels"] == 3 and extra["factors"] == [1, 2]
     assert not list(model.parent.glob(".model.pt.*"))  # no temporary left behind
 
 
@@ -62,7 +64,7 @@ def test_detect_writes_maps_masks_and_scores(model, mvtec, tmp_path):
         row = next(r for r in rows if r["image"].endswith(f"{stem}.png"))
         assert (row["anomalous"] == "True") == bool(mask.any())  # anomalous exactly when the mask is not empty
         if mask.any():  # the mask is the map at the pixel threshold, which sits at or below the image threshold
-            calibration = torch.load(model, weights_only=True)["calibration"]
+            calibration = torch.load(model, weights_only=True)["state"]["_extra_state"]["calibration"]
             assert calibration["pixel_threshold"] <= calibration["threshold"]
             np.testing.assert_array_equal(mask > 0, raw >= calibration["pixel_threshold"])
     spot = [float(r["score"]) for r in rows if "/spot/" in r["image"]]
@@ -175,12 +177,35 @@ def test_training_is_repeatable(mvtec, tmp_path):
     paths = [tmp_path / "a.pt", tmp_path / "b.pt"]
     for path in paths:
         assert runner.invoke(app, ["train", str(mvtec), "--out", str(path), *FAST]).exit_code == 0
-    a, b = (torch.load(p, weights_only=True)["scales"][0] for p in paths)
-    assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
-    assert all(torch.equal(a["bank"][k], b["bank"][k]) for k in a["bank"])
+    a, b = (torch.load(p, weights_only=True)["state"] for p in paths)
+    assert a.keys() == b.keys() and any(k.startswith("scales.0.bank.") for k in a)
+    assert all(torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
 
 
-def test_checkpoint_keeps_the_code_bank_and_reads_formats_1_and_2(model, tmp_path, mvtec):
+def as_format_4(detector) -> dict:
+    """The payload lista wrote before format 5: scales, calibration and context apart."""
+
+    def state(module):
+        return {key: value.detach().clone() for key, value in module.state_dict().items()}
+
+    return {
+        "format": "lista-checkpoint",
+        "format_version": 4,
+        "lista_version": "0.1.0",
+        "config": detector.config.to_dict(),
+        "channels": detector.channels,
+        "calibration": detector.calibration.to_dict(),
+        "working_scale": detector.working_scale,
+        "context": None,
+        "scales": [
+            {"factor": s.factor, "state": state(s.model), "bank": None if s.bank is None else state(s.bank)}
+            for s in detector.scales
+        ],
+        "extra": {},
+    }
+
+
+def test_checkpoint_keeps_the_code_bank_and_reads_formats_1_to_4(model, tmp_path, mvtec):
     from lista_cli.detection.checkpoint import load_checkpoint
     from lista_cli.io.imageio import read_image
 
@@ -191,8 +216,15 @@ def test_checkpoint_keeps_the_code_bank_and_reads_formats_1_and_2(model, tmp_pat
     assert sum(detector.map_weights) > 0 and bank.has_residual
     image = read_image(next((mvtec / "test" / "spot").iterdir()))
     with_bank = detector.detect_batch([image])[0].anomaly_map
-    # a file from before residual levels (format 3, two maps per scale) loads and scores with them
+    # format 5 is the config and the detector's state_dict, nothing else
     payload = torch.load(model, weights_only=True)
+    assert set(payload) == {"format", "format_version", "lista_version", "config", "state", "extra"}
+    assert payload["state"].keys() == detector.state_dict().keys()
+    # a format-4 file (scales, calibration and context stored apart) scores the same
+    torch.save(as_format_4(detector), tmp_path / "v4.pt")
+    assert np.array_equal(load_checkpoint(tmp_path / "v4.pt").detect_batch([image])[0].anomaly_map, with_bank)
+    # a file from before residual levels (format 3, two maps per scale) loads and scores with them
+    payload = as_format_4(detector)
     payload["format_version"] = 3
     for entry in payload["scales"]:
         del entry["bank"]["residual_levels"]
@@ -203,7 +235,7 @@ def test_checkpoint_keeps_the_code_bank_and_reads_formats_1_and_2(model, tmp_pat
     assert v3.kinds == ["sparse", "code"] * 2 and not v3.scales[0].bank.has_residual
     assert v3.detect_batch([image])[0].anomaly_map.shape == with_bank.shape
     # a format-2 file (banks without cell radii) loads with radius 1: plain nearest-code distances
-    payload = torch.load(model, weights_only=True)
+    payload = as_format_4(detector)
     payload["format_version"] = 2
     for entry in payload["scales"]:
         del entry["bank"]["radii"]
@@ -213,7 +245,7 @@ def test_checkpoint_keeps_the_code_bank_and_reads_formats_1_and_2(model, tmp_pat
     assert bank.radii.min() > 0 and not torch.equal(bank.radii, torch.ones(len(bank.codes)))
     assert v2.detect_batch([image])[0].anomaly_map.shape == with_bank.shape
     # a format-1 file (one model under "state", no bank) loads and scores with the sparse part alone
-    payload = torch.load(model, weights_only=True)
+    payload = as_format_4(detector)
     payload["format_version"] = 1
     payload["state"] = payload.pop("scales")[0]["state"]
     payload["config"]["data"].pop("scales")  # format 1 had no data.scales: the default must not apply
@@ -237,9 +269,9 @@ def test_training_that_only_hurts_keeps_the_untrained_model(mvtec, tmp_path):
     assert len(wrecked.scales) == 2  # the default scales 1 and 2: each keeps its own best step
     for scale in wrecked.scales:
         assert scale["best_step"] == 0 and scale["val_auroc_best"] == scale["val_auroc_start"]
-    a, b = (torch.load(tmp_path / name, weights_only=True)["scales"] for name in ("wrecked.pt", "ista.pt"))
-    for kept, ista in zip(a, b, strict=True):
-        assert all(torch.equal(kept["state"][k], ista["state"][k]) for k in kept["state"])
+    a, b = (torch.load(tmp_path / name, weights_only=True)["state"] for name in ("wrecked.pt", "ista.pt"))
+    layers = [k for k in a if ".model." in k]
+    assert len(layers) > 4 and all(torch.equal(a[k], b[k]) for k in layers)
 
 
 @pytest.mark.parametrize("background", ["image", "both"])

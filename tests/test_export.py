@@ -109,10 +109,9 @@ def test_exported_model_with_an_automatic_working_size_below_one(tmp_path, rng):
 
 
 @pytest.fixture(scope="module")
-def exported_model(tmp_path_factory):
+def exported_model(tmp_path_factory, tiny_trained):
     root = tmp_path_factory.mktemp("exported")
-    data = make_mvtec(root / "data", np.random.default_rng(5))
-    checkpoint = train_tiny(data, root / "model.pt")
+    checkpoint, data = tiny_trained
     result = runner.invoke(app, ["export", str(checkpoint), "--out", str(root / "model.onnx"), "--quiet"])
     assert result.exit_code == 0, result.output
     return data, checkpoint, root / "model.onnx"

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from lista_cli.cli import app
 
-from .conftest import make_mvtec, texture, train_tiny
+from .conftest import texture
 
 runner = CliRunner()
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -28,12 +28,12 @@ FLAGS = [
 
 
 @pytest.fixture(scope="module")
-def batch(tmp_path_factory):
+def batch(tmp_path_factory, tiny_trained):
     """A trained model, its MVTec folder and a detect run over 23 images (3 of them bad)."""
     pytest.importorskip("jinja2")
     root = tmp_path_factory.mktemp("report")
     rng = np.random.default_rng(4)
-    data = make_mvtec(root / "data", rng)
+    model, data = tiny_trained
     images = root / "images"
     images.mkdir()
     for i in range(20):
@@ -43,7 +43,6 @@ def batch(tmp_path_factory):
         Image.fromarray(picture).save(images / f"img{i:02d}.png")
     for i in range(3):
         (images / f"bad{i}.png").write_bytes(b"not an image <script>alert(1)</script>")
-    model = train_tiny(data, root / "m.pt")
     out = root / "out"
     result = runner.invoke(app, ["detect", str(model), str(images), "--out", str(out), "--report", "-q"])
     assert result.exit_code == 3, result.output  # the bad files failed, the rest were scored

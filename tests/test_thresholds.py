@@ -19,17 +19,13 @@ from lista_cli.detection.thresholds import (
     parse_target,
 )
 
-from .conftest import make_mvtec, train_tiny
-
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(model, its MVTec-style folder), trained once for the module."""
-    root = tmp_path_factory.mktemp("thresholds")
-    data = make_mvtec(root / "data", np.random.default_rng(7))
-    return train_tiny(data, root / "model.pt"), data
+@pytest.fixture
+def trained(tiny_trained):
+    """(model, its MVTec-style folder), trained once for the session."""
+    return tiny_trained
 
 
 def _flagged(scores, threshold):

@@ -23,47 +23,36 @@ from .model import UnfoldedISTA
 from .typicality import CodeBank
 
 FORMAT = "lista-checkpoint"
-# 4: each code of a bank has a residual level (a third map per scale); 3: each code of a
-# bank has a cell radius; 2: one model and code bank per image scale (its codes load with
-# radius 1, plain distances); 1: one model, no bank. All four load.
-FORMAT_VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
+# 5: the config and the detector's state_dict (Detector.from_state rebuilds it); 4: each
+# code of a bank has a residual level (a third map per scale); 3: each code of a bank has a
+# cell radius; 2: one model and code bank per image scale (its codes load with radius 1,
+# plain distances); 1: one model, no bank. All five load.
+FORMAT_VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 
 
 class CheckpointError(ListaError):
     """A model file that cannot be used (exit code 1)."""
 
 
-def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-
-
 def save_checkpoint(path: str | Path, detector: Detector, extra: dict[str, Any] | None = None) -> None:
+    """Config + state: all a detector is, in one file written atomically."""
+    state = {
+        key: value.detach().cpu().clone() if isinstance(value, torch.Tensor) else value
+        for key, value in detector.state_dict().items()
+    }
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "lista_version": __version__,
         "config": detector.config.to_dict(),
-        "channels": detector.channels,
-        "calibration": detector.calibration.to_dict(),
-        "working_scale": detector.working_scale,
-        "context": None
-        if detector.context is None
-        else {"bank": _cpu_state(detector.context.bank), "norms": detector.context.norms.tolist()},
-        "scales": [
-            {
-                "factor": scale.factor,
-                "state": _cpu_state(scale.model),
-                "bank": None if scale.bank is None else _cpu_state(scale.bank),
-            }
-            for scale in detector.scales
-        ],
+        "state": state,
         "extra": extra or {},
     }
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def _rebuild_scales(payload: dict[str, Any], config: Config, device: str | torch.device) -> list[Scale]:
+def _rebuild_scales(payload: dict[str, Any], config: Config) -> list[Scale]:
     # Format 1 held one model at full scale under "state" and no code bank.
     entries = payload["scales"] if payload["format_version"] >= 2 else [{"factor": 1, "state": payload["state"]}]
     config.data.scales = [int(entry["factor"]) for entry in entries]
@@ -75,7 +64,7 @@ def _rebuild_scales(payload: dict[str, Any], config: Config, device: str | torch
         bank = entry.get("bank")
         if bank is not None:
             bank = CodeBank(bank["basis"], bank["codes"], bank.get("radii"), bank.get("residual_levels"))
-        scales.append(Scale(int(entry["factor"]), model.eval().to(device), None if bank is None else bank.to(device)))
+        scales.append(Scale(int(entry["factor"]), model.eval(), bank))
     return scales
 
 
@@ -108,16 +97,22 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Det
         )
     try:
         config = from_dict(payload["config"])
-        scales = _rebuild_scales(payload, config, device)
-    except (KeyError, TypeError, RuntimeError, ConfigError) as exc:
+        if payload["format_version"] >= 5:
+            return Detector.from_state(config, payload["state"]).to(device)
+        return _legacy_detector(payload, config).to(device)
+    except (KeyError, TypeError, RuntimeError, ValueError, ConfigError) as exc:
         raise CheckpointError(f"{path}: damaged lista checkpoint ({str(exc).splitlines()[0][:100]})") from None
+
+
+def _legacy_detector(payload: dict[str, Any], config: Config) -> Detector:
+    """A detector from a format 1-4 checkpoint (scales, calibration and context stored apart)."""
     working_scale = payload.get("working_scale")
     context = payload.get("context")
     if context is not None:
         bank = CodeBank(context["bank"]["basis"], context["bank"]["codes"], context["bank"]["radii"])
-        context = ContextBank(bank, torch.tensor(context["norms"])).to(device)
+        context = ContextBank(bank, torch.tensor(context["norms"]))
     return Detector(
-        scales,
+        _rebuild_scales(payload, config),
         config,
         int(payload["channels"]),
         Calibration.from_dict(payload.get("calibration")),

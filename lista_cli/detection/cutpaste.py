@@ -17,7 +17,7 @@ import torch
 from ..config import CutPasteConfig
 
 
-def _uniform(rng: torch.Generator, low: float, high: float) -> float:
+def uniform(rng: torch.Generator, low: float, high: float) -> float:
     """Uniform float in [low, high) from the seeded generator (shared with defects.py)."""
     return low + (high - low) * torch.rand((), generator=rng).item()
 
@@ -48,16 +48,16 @@ def cutpaste(
         scar = torch.rand((), generator=rng).item() < cfg.scar_share
     if scar:
         scale = min(height, width) / cfg.reference_size
-        length = max(2.0, _uniform(rng, *cfg.scar_length) * scale)
-        thickness = max(1.0, _uniform(rng, *cfg.scar_width) * scale)
-        angle = math.radians(_uniform(rng, -cfg.scar_angle, cfg.scar_angle))
+        length = max(2.0, uniform(rng, *cfg.scar_length) * scale)
+        thickness = max(1.0, uniform(rng, *cfg.scar_width) * scale)
+        angle = math.radians(uniform(rng, -cfg.scar_angle, cfg.scar_angle))
         # Bounding box of the rotated scar, so source and destination stay inside the image.
         box_h = min(height - 1, math.ceil(abs(length * math.sin(angle)) + abs(thickness * math.cos(angle))) + 1)
         box_w = min(width - 1, math.ceil(abs(length * math.cos(angle)) + abs(thickness * math.sin(angle))) + 1)
     else:
-        area = _uniform(rng, *cfg.area) * height * width
+        area = uniform(rng, *cfg.area) * height * width
         log_low, log_high = math.log(cfg.aspect[0]), math.log(cfg.aspect[1])
-        ratio = math.exp(_uniform(rng, log_low, log_high))
+        ratio = math.exp(uniform(rng, log_low, log_high))
         box_h = max(1, min(height - 1, round(math.sqrt(area * ratio))))
         box_w = max(1, min(width - 1, round(math.sqrt(area / ratio))))
     src_y, src_x = _randint(rng, height - box_h), _randint(rng, width - box_w)
@@ -71,8 +71,8 @@ def cutpaste(
     # Source content, translated onto the destination box.
     shifted = image.clone()
     shifted[:, dst_y : dst_y + box_h, dst_x : dst_x + box_w] = image[:, src_y : src_y + box_h, src_x : src_x + box_w]
-    gains = torch.tensor([_uniform(rng, -cfg.jitter, cfg.jitter) for _ in range(channels)]).view(-1, 1, 1)
-    offset = _uniform(rng, -cfg.jitter, cfg.jitter) / 2
+    gains = torch.tensor([uniform(rng, -cfg.jitter, cfg.jitter) for _ in range(channels)]).view(-1, 1, 1)
+    offset = uniform(rng, -cfg.jitter, cfg.jitter) / 2
     jittered = (shifted * (1 + gains) + offset).clamp(0, 1)
     augmented = torch.where(mask, jittered, image)
     return augmented, mask

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from .cutpaste import _uniform
+from .cutpaste import uniform
 from .scoring import gaussian_smooth
 
 
@@ -38,21 +38,21 @@ def scratch(image: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, to
     side = min(height, width)
     ys = torch.arange(height, dtype=torch.float32).view(-1, 1)
     xs = torch.arange(width, dtype=torch.float32).view(1, -1)
-    point = (_uniform(rng, 0, height - 1), _uniform(rng, 0, width - 1))
-    angle = _uniform(rng, 0, 2 * math.pi)
+    point = (uniform(rng, 0, height - 1), uniform(rng, 0, width - 1))
+    angle = uniform(rng, 0, 2 * math.pi)
     distance = torch.full((height, width), float("inf"))
     for _ in range(int(torch.randint(2, 5, (), generator=rng))):
-        angle += _uniform(rng, -0.6, 0.6)
-        step = _uniform(rng, 0.08, 0.2) * side
+        angle += uniform(rng, -0.6, 0.6)
+        step = uniform(rng, 0.08, 0.2) * side
         nxt = (
             min(max(point[0] + step * math.sin(angle), 0), height - 1),
             min(max(point[1] + step * math.cos(angle), 0), width - 1),
         )
         distance = torch.minimum(distance, _segment_distance(ys, xs, point, nxt))
         point = nxt
-    half_width = _uniform(rng, 0.5, 1.5) * max(side / 128, 0.5)
+    half_width = uniform(rng, 0.5, 1.5) * max(side / 128, 0.5)
     mask = distance <= half_width
-    shift = _uniform(rng, 0.12, 0.35) * (1 if torch.rand((), generator=rng) < 0.5 else -1)
+    shift = uniform(rng, 0.12, 0.35) * (1 if torch.rand((), generator=rng) < 0.5 else -1)
     return (image + shift * mask).clamp(0, 1), mask
 
 
@@ -62,10 +62,10 @@ def stain(image: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torc
     side = min(height, width)
     ys = torch.arange(height, dtype=torch.float32).view(-1, 1)
     xs = torch.arange(width, dtype=torch.float32).view(1, -1)
-    cy, cx = _uniform(rng, 0.15, 0.85) * height, _uniform(rng, 0.15, 0.85) * width
-    ry, rx = (_uniform(rng, 0.04, 0.12) * side for _ in range(2))
+    cy, cx = uniform(rng, 0.15, 0.85) * height, uniform(rng, 0.15, 0.85) * width
+    ry, rx = (uniform(rng, 0.04, 0.12) * side for _ in range(2))
     weight = torch.exp(-(((ys - cy) / ry) ** 2 + ((xs - cx) / rx) ** 2))
-    shift = _uniform(rng, 0.08, 0.25) * (1 if torch.rand((), generator=rng) < 0.5 else -1)
+    shift = uniform(rng, 0.08, 0.25) * (1 if torch.rand((), generator=rng) < 0.5 else -1)
     return (image + shift * weight).clamp(0, 1), weight > 0.5
 
 
@@ -85,11 +85,11 @@ def _curve_distance(height: int, width: int, points: list[tuple[float, float]]) 
 def _walk(height: int, width: int, length: float, turn: float, rng: torch.Generator) -> list[tuple[float, float]]:
     """Points of a random walk of about `length` px in 3 px steps, the heading changing by
     up to `turn` radians a step; it stays inside the image."""
-    point = (_uniform(rng, 0.1, 0.9) * (height - 1), _uniform(rng, 0.1, 0.9) * (width - 1))
-    angle = _uniform(rng, 0, 2 * math.pi)
+    point = (uniform(rng, 0.1, 0.9) * (height - 1), uniform(rng, 0.1, 0.9) * (width - 1))
+    angle = uniform(rng, 0, 2 * math.pi)
     points = [point]
     for _ in range(max(2, round(length / 3))):
-        angle += _uniform(rng, -turn, turn)
+        angle += uniform(rng, -turn, turn)
         point = (
             min(max(point[0] + 3 * math.sin(angle), 0), height - 1),
             min(max(point[1] + 3 * math.cos(angle), 0), width - 1),
@@ -99,16 +99,16 @@ def _walk(height: int, width: int, length: float, turn: float, rng: torch.Genera
 
 
 def _signed(rng: torch.Generator, low: float, high: float) -> float:
-    return _uniform(rng, low, high) * (1 if torch.rand((), generator=rng) < 0.5 else -1)
+    return uniform(rng, low, high) * (1 if torch.rand((), generator=rng) < 0.5 else -1)
 
 
 def crack(image: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """A thin dark random walk, 1-2.5 px wide in the image's own pixels, 15-40 % of the side long."""
     _, height, width = image.shape
     side = min(height, width)
-    distance = _curve_distance(height, width, _walk(height, width, _uniform(rng, 0.15, 0.4) * side, 0.5, rng))
-    mask = distance <= _uniform(rng, 0.5, 1.25)
-    darkness = _uniform(rng, 0.15, 0.4)
+    distance = _curve_distance(height, width, _walk(height, width, uniform(rng, 0.15, 0.4) * side, 0.5, rng))
+    mask = distance <= uniform(rng, 0.5, 1.25)
+    darkness = uniform(rng, 0.15, 0.4)
     return (image - darkness * mask).clamp(0, 1), mask
 
 
@@ -116,8 +116,8 @@ def fibre(image: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torc
     """A long smooth curve (30-80 % of the side) of low contrast with a soft profile."""
     _, height, width = image.shape
     side = min(height, width)
-    distance = _curve_distance(height, width, _walk(height, width, _uniform(rng, 0.3, 0.8) * side, 0.15, rng))
-    half_width = _uniform(rng, 0.5, 1.5) * max(side / 128, 1.0)
+    distance = _curve_distance(height, width, _walk(height, width, uniform(rng, 0.3, 0.8) * side, 0.15, rng))
+    half_width = uniform(rng, 0.5, 1.5) * max(side / 128, 1.0)
     profile = torch.exp(-0.5 * (distance / half_width) ** 2)
     shift = _signed(rng, 0.05, 0.15)
     return (image + shift * profile).clamp(0, 1), profile > 0.5
@@ -128,13 +128,13 @@ def smudge(image: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, tor
     _, height, width = image.shape
     side = min(height, width)
     ys, xs = _grid(height, width)
-    cy, cx = _uniform(rng, 0.15, 0.85) * height, _uniform(rng, 0.15, 0.85) * width
-    radius = _uniform(rng, 0.06, 0.15) * side
+    cy, cx = uniform(rng, 0.15, 0.85) * height, uniform(rng, 0.15, 0.85) * width
+    radius = uniform(rng, 0.06, 0.15) * side
     weight = torch.sigmoid((radius - torch.hypot(ys - cy, xs - cx)) / max(radius * 0.15, 1.0))
     inside = weight > 0.5
-    blurred = gaussian_smooth(image, _uniform(rng, 1.0, 3.0) * max(side / 128, 1.0), border="replicate")
+    blurred = gaussian_smooth(image, uniform(rng, 1.0, 3.0) * max(side / 128, 1.0), border="replicate")
     mean = image[:, inside].mean(dim=1).view(-1, 1, 1) if inside.any() else image.mean()
-    flat = mean + _uniform(rng, 0.2, 0.6) * (blurred - mean) + _signed(rng, 0.0, 0.05)
+    flat = mean + uniform(rng, 0.2, 0.6) * (blurred - mean) + _signed(rng, 0.0, 0.05)
     return (image * (1 - weight) + flat * weight).clamp(0, 1), inside
 
 
@@ -143,8 +143,8 @@ def unevenness(image: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor,
     _, height, width = image.shape
     side = min(height, width)
     ys, xs = _grid(height, width)
-    cy, cx = _uniform(rng, 0.1, 0.9) * height, _uniform(rng, 0.1, 0.9) * width
-    ry, rx = (_uniform(rng, 0.15, 0.35) * side for _ in range(2))
+    cy, cx = uniform(rng, 0.1, 0.9) * height, uniform(rng, 0.1, 0.9) * width
+    ry, rx = (uniform(rng, 0.15, 0.35) * side for _ in range(2))
     weight = torch.exp(-0.5 * (((ys - cy) / ry) ** 2 + ((xs - cx) / rx) ** 2))
     return (image + _signed(rng, 0.06, 0.15) * weight).clamp(0, 1), weight > 0.5
 
@@ -179,7 +179,7 @@ def perlin(image: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, tor
     for _ in range(10):  # a threshold that keeps 1-25 % of the image
         cells = (int(torch.randint(2, 7, (), generator=rng)), int(torch.randint(2, 7, (), generator=rng)))
         noise = perlin_noise(height, width, cells, rng)
-        mask = noise > _uniform(rng, 0.3, 0.6)
+        mask = noise > uniform(rng, 0.3, 0.6)
         if 0.01 <= mask.float().mean() <= 0.25:
             break
     else:
@@ -188,8 +188,8 @@ def perlin(image: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, tor
         image, (int(torch.randint(height, (), generator=rng)), int(torch.randint(width, (), generator=rng))), (1, 2)
     )
     source = source.flip(-1) if torch.rand((), generator=rng) < 0.5 else source.flip(-2)
-    source = source * (1 + _uniform(rng, -0.2, 0.2)) + _signed(rng, 0.03, 0.12)
-    opacity = _uniform(rng, 0.5, 1.0)
+    source = source * (1 + uniform(rng, -0.2, 0.2)) + _signed(rng, 0.03, 0.12)
+    opacity = uniform(rng, 0.5, 1.0)
     blended = image * (1 - opacity) + source * opacity
     return torch.where(mask, blended, image).clamp(0, 1), mask
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..config import Config
 from ..io.imageio import ImageError, to_channels, working_shape
@@ -69,13 +70,15 @@ class Calibration:
         return asdict(self)
 
 
-@dataclass
-class Scale:
-    """One image scale: the model and code bank that score images downsampled by `factor`."""
+class Scale(nn.Module):
+    """One image scale: the model and code bank that score images downsampled by `factor`
+    (bank None: the sparse part only)."""
 
-    factor: int
-    model: UnfoldedISTA
-    bank: CodeBank | None = None  # normal patch codes; None scores the sparse part only
+    def __init__(self, factor: int, model: UnfoldedISTA | None, bank: CodeBank | None = None) -> None:
+        super().__init__()
+        self.factor = factor
+        self.model = model
+        self.bank = bank
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -85,17 +88,66 @@ class Scale:
         return ("sparse", "code", "residual") if self.bank.has_residual else ("sparse", "code")
 
 
-@dataclass
-class Detector:
-    """Models (one per image scale) with the settings that turn their output into maps and decisions."""
+class Detector(nn.Module):
+    """Models (one per image scale) with the settings that turn their output into maps and
+    decisions. Everything it learned is its state_dict: each scale's layers, mean, subspace
+    and code bank, the context bank, and as extra state the scale factors, channels, working
+    size factor and calibration; with the config that rebuilds its shapes (`from_state`), it
+    is the whole checkpoint."""
 
-    scales: list[Scale]
-    config: Config
-    channels: int
-    calibration: Calibration = field(default_factory=Calibration)
-    # Model pixels per input pixel when data.image_size is auto (chosen in training).
-    working_scale: float | None = None
-    context: ContextBank | None = None  # stacked multi-scale codes (score.context)
+    def __init__(
+        self,
+        scales: list[Scale],
+        config: Config,
+        channels: int,
+        calibration: Calibration | None = None,
+        working_scale: float | None = None,  # model pixels per input pixel (data.image_size: auto)
+        context: ContextBank | None = None,  # stacked multi-scale codes (score.context)
+    ) -> None:
+        super().__init__()
+        self.scales = nn.ModuleList(scales)
+        self.config = config
+        self.channels = channels
+        self.calibration = Calibration() if calibration is None else calibration
+        self.working_scale = working_scale
+        self.context = context
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {
+            "factors": [int(scale.factor) for scale in self.scales],
+            "channels": self.channels,
+            "working_scale": self.working_scale,
+            "calibration": self.calibration.to_dict(),
+        }
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        if [int(f) for f in state["factors"]] != [int(scale.factor) for scale in self.scales]:
+            raise RuntimeError(f"scale factors {state['factors']} do not match the detector's")
+        self.channels = int(state["channels"])
+        scale = state["working_scale"]
+        self.working_scale = None if scale is None else float(scale)
+        self.calibration = Calibration.from_dict(state["calibration"])
+
+    @classmethod
+    def from_state(cls, config: Config, state: dict[str, Any]) -> Detector:
+        """The detector a state_dict holds (its shapes read from the state), loaded with it."""
+
+        def bank(prefix: str) -> CodeBank | None:
+            if f"{prefix}codes" not in state:
+                return None
+            parts = ("basis", "codes", "radii", "residual_levels")
+            return CodeBank(*(state[f"{prefix}{part}"] for part in parts))
+
+        scales = []
+        for index, factor in enumerate(state["_extra_state"]["factors"]):
+            prefix = f"scales.{index}."
+            model = UnfoldedISTA(state[f"{prefix}model.mean"], state[f"{prefix}model.basis"], config.model)
+            scales.append(Scale(int(factor), model.requires_grad_(False), bank(f"{prefix}bank.")))
+        context_bank = bank("context.bank.")
+        context = None if context_bank is None else ContextBank(context_bank, state["context.norms"])
+        detector = cls(scales, config, int(state["_extra_state"]["channels"]), context=context)
+        detector.load_state_dict(state)
+        return detector.eval()
 
     @property
     def kinds(self) -> list[str]:

@@ -20,9 +20,9 @@ import torch
 
 from ..errors import ListaError
 from ..io.dataset import test_images
-from ..io.imageio import ImageError, atomic_write, read_image
+from ..io.imageio import ImageError, read_image
 from ..io.inputs import collect_inputs
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .detector import Detector
 from .metrics import f1_max
 
@@ -192,16 +192,15 @@ def set_thresholds(
     examples = score_examples(detector, folder)
     threshold = choose(examples, max_fpr, target)
     level = pixel_threshold(examples, threshold, detector)
-    payload = torch.load(model, map_location="cpu", weights_only=True)
-    if not isinstance(payload.get("calibration"), dict):
-        raise CheckpointError(f"{model}: the checkpoint has no calibration to change")
-    payload["calibration"].update(threshold=threshold, pixel_threshold=level)
-    atomic_write(out, lambda tmp: torch.save(payload, tmp))
+    previous = detector.threshold, detector.pixel_threshold
+    detector.calibration.threshold, detector.calibration.pixel_threshold = threshold, level
+    extra = torch.load(model, map_location="cpu", weights_only=True).get("extra")  # what training recorded
+    save_checkpoint(out, detector, extra)  # atomically, in the current format
     return ThresholdReport(
         threshold=threshold,
         pixel_threshold=level,
-        previous_threshold=detector.threshold,
-        previous_pixel_threshold=detector.pixel_threshold,
+        previous_threshold=previous[0],
+        previous_pixel_threshold=previous[1],
         normal_images=len(examples.normal),
         normal_flagged=int((examples.normal >= threshold).sum()),
         defective_images=len(examples.defective),

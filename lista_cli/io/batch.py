@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,9 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..detection.regions import REGION_COLUMNS
-from ..errors import ListaError
 from .imageio import ImageError, atomic_write, read_image
 from .inputs import InputImage, shard_suffix
+from .outputs import OutputError, check_output_dir, failures_path, write_failures
 from .writer import output_paths, write_outputs
 
 if TYPE_CHECKING:  # the batch runner also runs exported models (onnx_model), without torch
@@ -31,10 +29,6 @@ if TYPE_CHECKING:  # the batch runner also runs exported models (onnx_model), wi
 
 SCORE_COLUMNS = ["image", "score", "normalized_score", "anomalous", "heatmap", "mask", "map"]
 REGION_FILE_COLUMNS = ["image", "region", *REGION_COLUMNS]
-
-
-class OutputError(ListaError):
-    """The output folder cannot be used (exit code 1)."""
 
 
 @dataclass
@@ -46,23 +40,8 @@ class DetectSummary:
     seconds: float = 0.0
 
 
-def check_output_dir(out_dir: Path) -> None:
-    """Create `out_dir` and prove it is writable, before any work starts."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(prefix=".lista-probe-", dir=out_dir)
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as exc:
-        raise OutputError(f"{out_dir}: output folder is not writable ({exc.strerror or exc})") from None
-
-
 def scores_path(out_dir: Path, shard: tuple[int, int] | None = None) -> Path:
     return out_dir / f"scores{shard_suffix(shard)}.csv"
-
-
-def failures_path(out_dir: Path, shard: tuple[int, int] | None = None) -> Path:
-    return out_dir / f"failures{shard_suffix(shard)}.csv"
 
 
 def regions_path(out_dir: Path, shard: tuple[int, int] | None = None) -> Path:
@@ -119,14 +98,6 @@ def remove_stale_temporaries(out_dir: Path, images: list[InputImage]) -> int:
             tmp.unlink(missing_ok=True)
             removed += 1
     return removed
-
-
-def write_failures(path: Path, failures: list[tuple[str, str]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["image", "error"])
-    writer.writerows(failures)
-    atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"))
 
 
 def detect(

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import ListaError
-from ..io.batch import check_output_dir
 from ..io.imageio import IMAGE_EXTENSIONS, bit_depth, read_image, save_image
 from ..io.inputs import InputImage
+from ..io.outputs import check_output_dir
 from .blur import Blur
 from .deblur import tikhonov
 from .quality import psnr, ssim
