@@ -351,6 +351,8 @@ def test_messages_echo_what_the_user_typed_literally(tmp_path):
     odd = tmp_path / "no:-1:such[bold]folder"
     result = runner.invoke(app, ["train", str(odd), "--out", str(tmp_path / "m.pt")])
     assert result.exit_code == 1 and f"error: {odd}: no such folder" in result.output
+    # help text too: "[report]" is not Rich markup
+    assert "lista-cli[report]" in runner.invoke(app, ["report", "--help"]).output
 
 
 def test_context_map_trains_saves_tiles_and_leaves_images_out(mvtec, tmp_path):

@@ -1,0 +1,1 @@
+"""The `lista` commands, one module per family; cli.py registers them on the Typer app."""

@@ -1,0 +1,141 @@
+"""Commands that score images in batches and read the results: detect, merge-scores, report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..console import (
+    EXIT_PARTIAL,
+    err,
+    errors,
+    print_json,
+    progress_bar,
+    report_failure,
+)
+from .options import DebugOpt, DeviceOpt, ExtOpt, JsonOpt, QuietOpt, RecursiveOpt, ThreadsOpt, gather_inputs, load_model
+
+
+def detect(
+    model: Annotated[
+        Path, typer.Argument(help="Model file from `lista train`, or MODEL.onnx from `lista export` (ONNX Runtime).")
+    ],
+    inputs: Annotated[list[str], typer.Argument(help="Image files, folders, globs, or - for paths on stdin.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (mirrors input folders).")],
+    recursive: RecursiveOpt = True,
+    ext: ExtOpt = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard", help="I/N: only shard I (0..N-1) of the sorted inputs; writes scores.shard-I-of-N.csv."
+        ),
+    ] = None,
+    skip_existing: Annotated[
+        bool, typer.Option("--skip-existing", help="Resume: skip images whose outputs and scores row exist.")
+    ] = False,
+    batch: Annotated[int, typer.Option("--batch", help="Images per model batch.", min=1)] = 16,
+    threshold: Annotated[
+        float | None,
+        typer.Option("--threshold", help="Image threshold for this run instead of the model's (a raw score).", min=0),
+    ] = None,
+    report: Annotated[
+        bool, typer.Option("--report", help="Also write DIR/report.html (needs lista-cli[report]).")
+    ] = False,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+    threads: ThreadsOpt = 0,
+    device: DeviceOpt = "auto",
+    debug: DebugOpt = False,
+) -> None:
+    """Score images: write <stem>_heatmap.png (regions outlined), <stem>_mask.png,
+    <stem>_map.npy, a row per image in scores.csv and one per defect region in regions.csv.
+
+    Exit 0 when every image was processed; 3 when some failed (the rest were processed;
+    failures on stderr and in failures.csv); 1 when nothing could start (bad model,
+    inputs or output folder)."""
+    with errors(debug):
+        from ..errors import ListaError
+        from ..io.batch import detect as run_detect
+        from ..io.batch import scores_path
+        from ..io.inputs import parse_shard, select_shard
+        from ..io.outputs import check_output_dir, failures_path, write_failures
+
+        shard_spec = parse_shard(shard)
+        if report:
+            if shard_spec is not None:
+                raise ListaError("--report needs the whole batch: run lista report DIR after merge-scores")
+            from ..io.report import require_libraries
+
+            require_libraries()  # a missing extra is reported before any work
+        found = gather_inputs(inputs, recursive, ext)
+        check_output_dir(out)
+        detector = load_model(model, device, threads)
+        if threshold is not None:
+            if threshold <= 0:
+                raise ListaError(f"--threshold {threshold:g}: expected a score above 0")
+            detector.override_threshold(threshold)
+        images = select_shard(found.images, shard_spec)
+        with progress_bar(quiet) as progress:
+            task = progress.add_task("detect", total=len(images), info="")
+            summary = run_detect(
+                detector,
+                images,
+                out,
+                batch=batch,
+                shard=shard_spec,
+                skip_existing=skip_existing,
+                on_result=print_json if json_out else None,
+                on_failure=report_failure,
+                on_progress=lambda n: progress.advance(task, n),
+                on_warning=lambda m: quiet or err.print(f"warning: {m}", highlight=False),
+            )
+        failures = found.problems + summary.failures
+        if failures:
+            write_failures(failures_path(out, shard_spec), failures)
+        if report and shard_spec is None:
+            from ..io.report import detect_report
+
+            page = detect_report(out)
+            if not quiet:
+                err.print(f"report in {page}", highlight=False)
+        if not quiet:
+            rate = summary.processed / summary.seconds if summary.seconds else 0.0
+            skipped = f", {summary.skipped} skipped (done before)" if skip_existing else ""
+            err.print(
+                f"{summary.processed} images scored ({summary.anomalous} anomalous){skipped}, {len(failures)} failed,"
+                f" {rate:.1f} images/s; scores in {scores_path(out, shard_spec)}",
+                highlight=False,
+            )
+        if failures:
+            raise typer.Exit(EXIT_PARTIAL)
+
+
+def merge_scores(
+    out: Annotated[Path, typer.Argument(help="The --out folder the shards wrote to.")],
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Join the shards' scores.shard-I-of-N.csv into scores.csv (and their failures files)."""
+    with errors(debug):
+        from ..io.batch import merge_scores as run_merge
+
+        rows, shards = run_merge(out)
+        if not quiet:
+            err.print(f"merged {rows} rows from {shards} shards into {out / 'scores.csv'}", highlight=False)
+
+
+def report_command(
+    out: Annotated[Path, typer.Argument(help="The --out folder of lista detect (with scores.csv).")],
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Write OUT/report.html: summary, score histogram and a gallery of image, heatmap and mask
+    sorted by score, with each image's regions. Opens from disk; needs lista-cli[report]."""
+    with errors(debug):
+        from ..io.report import detect_report
+
+        page = detect_report(out)
+        if not quiet:
+            err.print(f"report in {page}", highlight=False)
