@@ -142,3 +142,15 @@ def print_eval_table(report: dict[str, Any], dataset: Path) -> None:
     for kind, row in rows:
         table.add_row(kind, *(str(row[k]) if k == "images" else _fmt(row[k]) for k in columns))
     Console(width=max(Console().width, 132)).print(table)
+
+
+def print_detect_summary(summary, failed: int, out: Path, shard, skip_existing: bool) -> None:
+    """One line after `lista detect`: counts, rate and where the scores are."""
+    from .io.batch import scores_path
+
+    rate = summary.processed / summary.seconds if summary.seconds else 0.0
+    skipped = f", {summary.skipped} skipped (done before)" if skip_existing else ""
+    say(
+        f"{summary.processed} images scored ({summary.anomalous} anomalous){skipped}, {failed} failed,"
+        f" {rate:.1f} images/s; scores in {scores_path(out, shard)}"
+    )

@@ -9,11 +9,12 @@ import typer
 
 from ..console import (
     EXIT_PARTIAL,
-    err,
     errors,
+    print_detect_summary,
     print_json,
     progress_bar,
     report_failure,
+    say,
 )
 from .options import DebugOpt, DeviceOpt, ExtOpt, JsonOpt, QuietOpt, RecursiveOpt, ThreadsOpt, gather_inputs, load_model
 
@@ -56,26 +57,14 @@ def detect(
     failures on stderr and in failures.csv); 1 when nothing could start (bad model,
     inputs or output folder)."""
     with errors(debug):
-        from ..errors import ListaError
         from ..io.batch import detect as run_detect
-        from ..io.batch import scores_path
         from ..io.inputs import parse_shard, select_shard
-        from ..io.outputs import check_output_dir, failures_path, write_failures
+        from ..io.outputs import failures_path, write_failures
 
         shard_spec = parse_shard(shard)
-        if report:
-            if shard_spec is not None:
-                raise ListaError("--report needs the whole batch: run lista report DIR after merge-scores")
-            from ..io.report import require_libraries
-
-            require_libraries()  # a missing extra is reported before any work
-        found = gather_inputs(inputs, recursive, ext)
-        check_output_dir(out)
-        detector = load_model(model, device, threads)
-        if threshold is not None:
-            if threshold <= 0:
-                raise ListaError(f"--threshold {threshold:g}: expected a score above 0")
-            detector.override_threshold(threshold)
+        found, detector = _prepare_detect(
+            model, inputs, out, recursive, ext, shard_spec, threshold, report, device, threads
+        )
         images = select_shard(found.images, shard_spec)
         with progress_bar(quiet) as progress:
             task = progress.add_task("detect", total=len(images), info="")
@@ -89,7 +78,7 @@ def detect(
                 on_result=print_json if json_out else None,
                 on_failure=report_failure,
                 on_progress=lambda n: progress.advance(task, n),
-                on_warning=lambda m: quiet or err.print(f"warning: {m}", highlight=False),
+                on_warning=lambda m: quiet or say(f"warning: {m}"),
             )
         failures = found.problems + summary.failures
         if failures:
@@ -99,17 +88,33 @@ def detect(
 
             page = detect_report(out)
             if not quiet:
-                err.print(f"report in {page}", highlight=False)
+                say(f"report in {page}")
         if not quiet:
-            rate = summary.processed / summary.seconds if summary.seconds else 0.0
-            skipped = f", {summary.skipped} skipped (done before)" if skip_existing else ""
-            err.print(
-                f"{summary.processed} images scored ({summary.anomalous} anomalous){skipped}, {len(failures)} failed,"
-                f" {rate:.1f} images/s; scores in {scores_path(out, shard_spec)}",
-                highlight=False,
-            )
+            print_detect_summary(summary, len(failures), out, shard_spec, skip_existing)
         if failures:
             raise typer.Exit(EXIT_PARTIAL)
+
+
+def _prepare_detect(model, inputs, out, recursive, ext, shard, threshold, report, device, threads):
+    """Everything checked before any image is scored: --report's libraries, the inputs, the
+    output folder, the model and --threshold. -> (found inputs, detector)."""
+    from ..errors import ListaError
+    from ..io.outputs import check_output_dir
+
+    if report:
+        if shard is not None:
+            raise ListaError("--report needs the whole batch: run lista report DIR after merge-scores")
+        from ..io.report import require_libraries
+
+        require_libraries()  # a missing extra is reported before any work
+    found = gather_inputs(inputs, recursive, ext)
+    check_output_dir(out)
+    detector = load_model(model, device, threads)
+    if threshold is not None:
+        if threshold <= 0:
+            raise ListaError(f"--threshold {threshold:g}: expected a score above 0")
+        detector.override_threshold(threshold)
+    return found, detector
 
 
 def merge_scores(
@@ -123,7 +128,7 @@ def merge_scores(
 
         rows, shards = run_merge(out)
         if not quiet:
-            err.print(f"merged {rows} rows from {shards} shards into {out / 'scores.csv'}", highlight=False)
+            say(f"merged {rows} rows from {shards} shards into {out / 'scores.csv'}")
 
 
 def report_command(
@@ -138,4 +143,4 @@ def report_command(
 
         page = detect_report(out)
         if not quiet:
-            err.print(f"report in {page}", highlight=False)
+            say(f"report in {page}")

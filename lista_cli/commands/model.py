@@ -10,7 +10,6 @@ from typing import Annotated
 import typer
 
 from ..console import (
-    err,
     errors,
     print_eval_table,
     print_json,
@@ -57,7 +56,7 @@ def train(
                 cfg,
                 out,
                 on_step=on_step,
-                warn=lambda m: quiet or err.print(f"warning: {m}", highlight=False, soft_wrap=True),
+                warn=lambda m: quiet or say(f"warning: {m}"),
                 on_total=lambda n: progress.update(task, total=n),
             )
         if json_out:
@@ -152,7 +151,7 @@ def evaluate(
             scores = np.array([row["score"] for row in report["image_scores"]])
             eval_report(report, labels, scores, report_path)
             if not quiet:
-                err.print(f"report in {report_path}", highlight=False)
+                say(f"report in {report_path}")
         if json_out:
             print(json.dumps(report))
             return

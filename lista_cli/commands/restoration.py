@@ -9,11 +9,11 @@ import typer
 
 from ..console import (
     EXIT_PARTIAL,
-    err,
     errors,
     print_json,
     progress_bar,
     report_failure,
+    say,
 )
 from .options import BoundaryOpt, DebugOpt, ExtOpt, JsonOpt, PsfOpt, QuietOpt, RecursiveOpt, gather_inputs
 
@@ -36,10 +36,7 @@ def _run_batch(run, found, out: Path, quiet: bool, json_out: bool, label: str, *
     if failures:
         write_failures(out / "failures.csv", failures)
     if not quiet:
-        err.print(
-            f"{summary.processed} images written to {out}, {len(failures)} failed ({summary.seconds:.1f}s)",
-            highlight=False,
-        )
+        say(f"{summary.processed} images written to {out}, {len(failures)} failed ({summary.seconds:.1f}s)")
     if failures:
         raise typer.Exit(EXIT_PARTIAL)
 
@@ -75,25 +72,16 @@ def deblur(
 ) -> None:
     """Restore blurred images by Tikhonov deconvolution, x = (A'A + alpha D'D)^-1 A'y.
 
-    With --alpha auto the weight follows the discrepancy principle (noise given or
-    estimated) or GCV; the chosen alpha is reported per image (--json)."""
+    With --alpha auto the weight follows --alpha-rule: UPRE (the default with the Laplacian)
+    or the discrepancy principle (the default with the identity), both with the noise given
+    or estimated, or GCV; the chosen alpha is reported per image (--json)."""
     with errors(debug):
         from ..errors import ListaError
         from ..restoration.blur import Blur, parse_psf
+        from ..restoration.deblur import check_options
         from ..restoration.restore import deblur_images
 
-        alpha_value: float | str = alpha
-        if alpha != "auto":
-            try:
-                alpha_value = float(alpha)
-            except ValueError:
-                raise ListaError(f"--alpha must be 'auto' or a positive number, got {alpha!r}") from None
-            if not alpha_value > 0:
-                raise ListaError(f"--alpha must be positive, got {alpha}")
-        if reg not in ("identity", "laplacian"):
-            raise ListaError(f"--reg must be identity or laplacian, got {reg!r}")
-        if alpha_rule not in (None, "upre", "discrepancy", "gcv"):
-            raise ListaError(f"--alpha-rule must be upre, discrepancy or gcv, got {alpha_rule!r}")
+        alpha_value = check_options(alpha, reg, alpha_rule)  # before any image is read
         if reference is not None and not reference.is_dir():
             raise ListaError(f"--reference {reference}: no such folder")
         blur_op = Blur(parse_psf(psf), boundary)

@@ -293,6 +293,25 @@ class DeblurResult:
     method: str  # 'dct', 'fft' or 'fft-padded'
 
 
+def check_options(alpha: float | str, reg: str, rule: str | None) -> float | str:
+    """The options of a deblur, checked once for a whole batch: alpha 'auto' or a positive
+    number (a string from the command line is parsed), a known regulariser and rule.
+    -> alpha as 'auto' or a float; raises DeblurError naming the option."""
+    if reg not in REGULARISERS:
+        raise DeblurError(f"--reg must be one of {', '.join(REGULARISERS)}, got {reg!r}")
+    if rule is not None and rule not in ALPHA_RULES:
+        raise DeblurError(f"--alpha-rule must be one of {', '.join(ALPHA_RULES)}, got {rule!r}")
+    if alpha == "auto":
+        return alpha
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError):
+        raise DeblurError(f"--alpha must be 'auto' or a positive number, got {alpha!r}") from None
+    if not value > 0:
+        raise DeblurError(f"--alpha must be positive, got {alpha}")
+    return value
+
+
 def tikhonov(
     image: np.ndarray,
     blur: Blur,
@@ -305,16 +324,13 @@ def tikhonov(
 
     The default rule for 'auto' is the one the benchmark found closest to the oracle alpha:
     UPRE with the Laplacian, the discrepancy principle with the identity."""
+    alpha = check_options(alpha, reg, rule)
     rule = rule or DEFAULT_RULE[reg]
     y = np.asarray(image, dtype=np.float64)
     spec = spectral(blur, y.shape[:2], reg)
     coeffs = _prepare(spec, y)  # (C, H', W')
     sigma = None
-    if isinstance(alpha, str):
-        if alpha != "auto":
-            raise DeblurError(f"--alpha must be 'auto' or a positive number, got {alpha!r}")
-        if rule not in ALPHA_RULES:
-            raise DeblurError(f"--alpha-rule must be one of {', '.join(ALPHA_RULES)}, got {rule!r}")
+    if alpha == "auto":
         if rule == "gcv":
             alpha_value = alpha_gcv(spec, coeffs)
         else:
@@ -323,8 +339,6 @@ def tikhonov(
             alpha_value = rules[rule](spec, coeffs, sigma)
     else:
         alpha_value = float(alpha)
-        if not alpha_value > 0:
-            raise DeblurError(f"--alpha must be positive, got {alpha}")
     solution, _ = _filter(spec, alpha_value)
     channels = [spec.inverse(solution * c) for c in coeffs]
     out = np.stack(channels, axis=-1)
