@@ -117,75 +117,92 @@ def detect(
     A bad image is recorded as a failure and the batch goes on."""
     started = time.perf_counter()
     check_output_dir(out_dir)
-    summary = DetectSummary()
-    threshold = detector.threshold
-    warned: set[int] = set()
-    out_root = out_dir.resolve()
-
-    def fail(item: InputImage, message: str) -> None:
-        summary.failures.append((str(item.path), message))
-        if on_failure:
-            on_failure(str(item.path), message)
-
+    run = _Run(detector, out_dir, DetectSummary(), on_failure, on_warning)
     if skip_existing:
         remove_stale_temporaries(out_dir, images)
     handle, done = _open_scores(scores_path(out_dir, shard), skip_existing)
     with handle, _open_regions(regions_path(out_dir, shard), done) as region_handle:
-        scores = csv.writer(handle)
-        region_rows = csv.writer(region_handle)
         for start in range(0, len(images), batch):
             chunk = images[start : start + batch]
-            loaded = []
-            for item in chunk:
-                paths = output_paths(out_dir, item.name)
-                if not all(p.resolve().is_relative_to(out_root) for p in paths.values()):
-                    fail(item, f"{item.path}: output name '{item.name}' would leave the output folder")
-                    continue
-                if skip_existing and str(item.path) in done and _complete(paths):
-                    summary.skipped += 1
-                    continue
-                try:
-                    array = read_image(item.path)
-                    detector.check_size(array, item.path)
-                except ImageError as exc:
-                    fail(item, str(exc))
-                    continue
-                if array.shape[-1] != detector.channels and array.shape[-1] not in warned:
-                    warned.add(array.shape[-1])
-                    if on_warning:
-                        kinds = {1: "gray", 3: "colour"}
-                        on_warning(
-                            f"converting {kinds[array.shape[-1]]} images to the model's"
-                            f" {kinds[detector.channels]} (first: {item.path})"
-                        )
-                loaded.append((item, array, paths))
+            loaded = run.load(chunk, done if skip_existing else set())
             results = detector.detect_batch([array for _, array, _ in loaded]) if loaded else []
             for (item, array, paths), result in zip(loaded, results, strict=True):
-                write_outputs(paths, array, result.anomaly_map, threshold, result.mask)
-                regions = [region.as_dict() for region in result.regions]
-                row = {
-                    "image": str(item.path),
-                    "score": round(result.score, 8),
-                    "normalized_score": round(result.normalized_score, 6),
-                    "anomalous": bool(result.anomalous),
-                    **{key: path.relative_to(out_dir).as_posix() for key, path in paths.items()},
-                }
-                region_rows.writerows(
-                    [str(item.path), number, *(region[c] for c in REGION_COLUMNS)]
-                    for number, region in enumerate(regions, start=1)
-                )
-                region_handle.flush()
-                scores.writerow([row[c] for c in SCORE_COLUMNS])
-                handle.flush()
-                row["regions"] = regions
-                summary.processed += 1
-                summary.anomalous += int(result.anomalous)
+                row = run.write(item, array, paths, result, handle, region_handle)
                 if on_result:
                     on_result(row)
             if on_progress:
                 on_progress(len(chunk))
-    summary.seconds = time.perf_counter() - started
-    return summary
+    run.summary.seconds = time.perf_counter() - started
+    return run.summary
+
+
+class _Run:
+    """One detect run's state: the detector, the output folder, the summary so far."""
+
+    def __init__(self, detector, out_dir: Path, summary: DetectSummary, on_failure, on_warning) -> None:
+        self.detector, self.out_dir, self.summary = detector, out_dir, summary
+        self.on_failure, self.on_warning = on_failure, on_warning
+        self.threshold = detector.threshold
+        self.out_root = out_dir.resolve()
+        self.warned: set[int] = set()
+
+    def fail(self, item: InputImage, message: str) -> None:
+        self.summary.failures.append((str(item.path), message))
+        if self.on_failure:
+            self.on_failure(str(item.path), message)
+
+    def load(self, chunk: list[InputImage], done: set[str]) -> list[tuple[InputImage, Any, dict[str, Path]]]:
+        """The images of `chunk` to score, read and checked; the others skipped (done
+        before) or recorded as failures."""
+        loaded = []
+        for item in chunk:
+            paths = output_paths(self.out_dir, item.name)
+            if not all(p.resolve().is_relative_to(self.out_root) for p in paths.values()):
+                self.fail(item, f"{item.path}: output name '{item.name}' would leave the output folder")
+                continue
+            if str(item.path) in done and _complete(paths):
+                self.summary.skipped += 1
+                continue
+            try:
+                array = read_image(item.path)
+                self.detector.check_size(array, item.path)
+            except ImageError as exc:
+                self.fail(item, str(exc))
+                continue
+            channels = array.shape[-1]
+            if channels != self.detector.channels and channels not in self.warned:
+                self.warned.add(channels)
+                if self.on_warning:
+                    kinds = {1: "gray", 3: "colour"}
+                    self.on_warning(
+                        f"converting {kinds[channels]} images to the model's"
+                        f" {kinds[self.detector.channels]} (first: {item.path})"
+                    )
+            loaded.append((item, array, paths))
+        return loaded
+
+    def write(self, item: InputImage, array, paths: dict[str, Path], result, handle, region_handle) -> dict[str, Any]:
+        """Write one image's files, then its region rows, then its scores row (each flushed);
+        -> the row (with its regions) for --json."""
+        write_outputs(paths, array, result.anomaly_map, self.threshold, result.mask)
+        regions = [region.as_dict() for region in result.regions]
+        row = {
+            "image": str(item.path),
+            "score": round(result.score, 8),
+            "normalized_score": round(result.normalized_score, 6),
+            "anomalous": bool(result.anomalous),
+            **{key: path.relative_to(self.out_dir).as_posix() for key, path in paths.items()},
+        }
+        csv.writer(region_handle).writerows(
+            [str(item.path), number, *(region[c] for c in REGION_COLUMNS)]
+            for number, region in enumerate(regions, start=1)
+        )
+        region_handle.flush()
+        csv.writer(handle).writerow([row[c] for c in SCORE_COLUMNS])
+        handle.flush()
+        self.summary.processed += 1
+        self.summary.anomalous += int(result.anomalous)
+        return {**row, "regions": regions}
 
 
 def merge_scores(out_dir: Path) -> tuple[int, int]:
