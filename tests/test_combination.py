@@ -97,7 +97,7 @@ def test_the_mix_score_equals_scoring_the_combined_maps():
 
 def test_step_validation_reuses_the_bank_maps_and_scores_like_the_whole_detector():
     from lista_cli.detection.mixing import StepValidation, validation_score
-    from lista_cli.detection.train import init_scale
+    from lista_cli.detection.scales import init_scale
     from lista_cli.detection.validation import make_validation_set
 
     gen = torch.Generator().manual_seed(23)

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..config import Config
@@ -20,16 +19,14 @@ from .context import build_context
 from .cutpaste import cutpaste
 from .defects import FAMILIES, drawn_defect
 from .detector import Calibration, Detector, Scale, downsample
-from .mixing import StepValidation, choose_weights, component_maps, validation_score
-from .model import PrincipalAxes, UnfoldedISTA
+from .mixing import StepValidation, choose_weights, component_maps
+from .scales import choose_size, shape_at
 from .training_data import at_size, load_training_arrays, training_folder
-from .typicality import MAX_BANK_CANDIDATES, MAX_CODE_RANK, build_bank
+from .typicality import MAX_BANK_CANDIDATES
 from .validation import ValidationSet, make_validation_set
-from .working_size import TIE, WorkingSize, candidates
+from .working_size import candidates
 
-MAX_PCA_ROWS = 200_000
 TRAINING_FAMILIES = list(FAMILIES)
-SIZE_BANK_CANDIDATES = 20_000  # patch codes the banks of the candidate sizes are chosen from
 
 
 @dataclass
@@ -96,29 +93,6 @@ class ScaleSummary:
     val_auroc_best: float
 
 
-def init_scale(images: list[torch.Tensor], config: Config, factor: int, candidates: int = MAX_BANK_CANDIDATES) -> Scale:
-    """The untrained model (PCA of normal patches: mean, subspace U, layers = ISTA) and the
-    code bank of one image scale (its coreset chosen among `candidates` patch codes), from
-    the training images downsampled by `factor`."""
-    cfg = config
-    rng = torch.Generator().manual_seed(cfg.train.seed + factor - 1)
-    small = [downsample(t[None], factor)[0] for t in images]
-    p, stride = cfg.patch.size, cfg.patch.stride
-    rows = torch.cat([patches.unfold(t[None], p, stride)[0] for t in small if min(t.shape[-2:]) >= p])  # (n, d)
-    if len(rows) > MAX_PCA_ROWS:
-        rows = rows[torch.randperm(len(rows), generator=rng)[:MAX_PCA_ROWS]]
-    axes = PrincipalAxes(rows)
-    basis = axes.basis(cfg.model.energy, cfg.model.max_rank)
-    model = UnfoldedISTA(axes.mean.float(), basis, cfg.model)
-    scale = Scale(factor, model)
-    if cfg.score.bank_size:  # the codes do not depend on the layers: built once
-        code_basis = axes.basis(cfg.score.code_energy, MAX_CODE_RANK)
-        scale.bank = build_bank(
-            model.mean, code_basis, small, cfg.score.bank_size, p, cfg.train.seed, candidates, subspace=model.basis
-        )
-    return scale
-
-
 def training_defect(crop: torch.Tensor, rng: torch.Generator, config: Config) -> torch.Tensor:
     """A crop with one synthetic defect: CutPaste, or with `train.defects: all` half the time
     a drawn family instead. Whatever the family, the exact sparse target is the difference
@@ -127,6 +101,34 @@ def training_defect(crop: torch.Tensor, rng: torch.Generator, config: Config) ->
         family = TRAINING_FAMILIES[int(torch.randint(len(TRAINING_FAMILIES), (), generator=rng))]
         return drawn_defect(crop, rng, family)[0]
     return cutpaste(crop, rng, config.cutpaste)[0]
+
+
+def _step_loss(model, small: list[torch.Tensor], cfg: Config, rng: torch.Generator) -> torch.Tensor:
+    """The loss of one training step on a batch of random crops of the (downsampled) normal
+    images: beta * ||S||_1 on clean crops, and on crops given a synthetic defect the squared
+    error of S against the exact sparse target (the rows that changed)."""
+    p, stride = cfg.patch.size, cfg.patch.stride
+    augmented_count = round(cfg.train.cutpaste_share * cfg.train.batch)
+    clean = _random_crops(small, cfg.train.batch, cfg.train.crop, rng)
+    augmented = clean[:augmented_count].clone()
+    for i in range(augmented_count):
+        augmented[i] = training_defect(clean[i], rng, cfg)
+    clean_rows = patches.unfold(clean, p, stride)  # (B, N, d)
+    with torch.no_grad():
+        clean_scale = model.noise_scale(clean_rows - model.mean)
+    pick = _pick_rows(torch.ones(clean_rows.shape[:2]), cfg.train.patches_per_crop, rng)
+    sparse_clean = _sparse_at(model, clean_rows, pick, clean_scale)
+    loss = cfg.train.beta * sparse_clean.abs().sum(-1).mean()
+    if augmented_count:
+        aug_rows = patches.unfold(augmented, p, stride)
+        target = aug_rows - clean_rows[:augmented_count]  # exact sparse target S*
+        with torch.no_grad():
+            aug_scale = model.noise_scale(aug_rows - model.mean)
+        touched = (target.abs().sum(-1) > 0).float()
+        pick = _pick_rows(1.0 + 20.0 * touched, cfg.train.patches_per_crop, rng)
+        sparse_aug = _sparse_at(model, aug_rows, pick, aug_scale)
+        loss = loss + (sparse_aug - _gather(target, pick)).pow(2).sum(-1).mean()
+    return loss
 
 
 def train_layers(
@@ -146,7 +148,6 @@ def train_layers(
     rng = torch.Generator().manual_seed(cfg.train.seed + factor - 1)
     small = [downsample(t[None], factor)[0] for t in images]
     small = [t for t in small if min(t.shape[-2:]) >= cfg.patch.size]  # train() checked one is left
-    p, stride = cfg.patch.size, cfg.patch.stride
     validate = StepValidation(scale, validation, shape, cfg, channels)  # this scale alone
     val_start = validate.score()
     best_score, best_step, best_state = val_start, 0, copy.deepcopy(model.state_dict())
@@ -156,27 +157,8 @@ def train_layers(
         optimiser = torch.optim.Adam(
             [q for q in model.parameters() if q.requires_grad], lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
-        augmented_count = round(cfg.train.cutpaste_share * cfg.train.batch)
         for step in range(1, steps + 1):
-            clean = _random_crops(small, cfg.train.batch, cfg.train.crop, rng)
-            augmented = clean[:augmented_count].clone()
-            for i in range(augmented_count):
-                augmented[i] = training_defect(clean[i], rng, cfg)
-            clean_rows = patches.unfold(clean, p, stride)  # (B, N, d)
-            with torch.no_grad():
-                clean_scale = model.noise_scale(clean_rows - model.mean)
-            pick = _pick_rows(torch.ones(clean_rows.shape[:2]), cfg.train.patches_per_crop, rng)
-            sparse_clean = _sparse_at(model, clean_rows, pick, clean_scale)
-            loss = cfg.train.beta * sparse_clean.abs().sum(-1).mean()
-            if augmented_count:
-                aug_rows = patches.unfold(augmented, p, stride)
-                target = aug_rows - clean_rows[:augmented_count]  # exact sparse target S*
-                with torch.no_grad():
-                    aug_scale = model.noise_scale(aug_rows - model.mean)
-                touched = (target.abs().sum(-1) > 0).float()
-                pick = _pick_rows(1.0 + 20.0 * touched, cfg.train.patches_per_crop, rng)
-                sparse_aug = _sparse_at(model, aug_rows, pick, aug_scale)
-                loss = loss + (sparse_aug - _gather(target, pick)).pow(2).sum(-1).mean()
+            loss = _step_loss(model, small, cfg, rng)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -194,68 +176,15 @@ def train_layers(
     return ScaleSummary(factor, model.basis.shape[1], best_step, val_start, best_score)
 
 
-def usable_factors(images: list[torch.Tensor], config: Config, warn: Callable[[str], None]) -> list[int]:
-    """The configured image scales at which the largest training image still holds a patch."""
-    factors = []
-    largest = max(min(t.shape[-2:]) for t in images)
-    for factor in config.data.scales:
-        side = -(-largest // factor)  # ceil: downsample() keeps partial blocks
-        if side < config.patch.size:
-            warn(
-                f"scale 1/{factor} skipped: the training images are at most {side} px"
-                f" on a side there, smaller than the patch size {config.patch.size}"
-            )
-            continue
-        factors.append(factor)
-    return factors
-
-
-def shape_at(validation: ValidationSet, size: WorkingSize, reference: WorkingSize) -> tuple[int, int]:
-    """The validation images' (h, w) at working size `size` (they are at `reference`)."""
-    height, width = validation.images.shape[-2:]
-    if size.factor is None or reference.factor is None:
-        return height, width
-    ratio = size.factor / reference.factor
-    return max(1, round(height * ratio)), max(1, round(width * ratio))
-
-
-@dataclass
-class SizeChoice:
-    size: WorkingSize
-    images: list[torch.Tensor]  # the fitting images at that size
-    scales: list[Scale]  # untrained, built while comparing
-    scores: dict[str, float]  # validation score of each candidate, by label
-
-
-def choose_size(
-    arrays: list[np.ndarray],
-    channels: int,
-    sizes: list[WorkingSize],
-    validation: ValidationSet,
-    config: Config,
-    folder: Path,
-    warn: Callable[[str], None],
-) -> SizeChoice:
-    """The candidate working size whose untrained models score best on the validation set
-    (a larger one must win by more than TIE). The comparison uses code banks chosen among
-    fewer candidate codes (SIZE_BANK_CANDIDATES); the chosen size's banks are then rebuilt."""
-    best: tuple[WorkingSize, list[torch.Tensor]] | None = None
-    best_score = -1.0
-    scores = {}
-    for size in sizes:
-        images = at_size(arrays, channels, size, config.patch.size, folder)
-        if len(sizes) > 1:
-            factors = usable_factors(images, config, lambda message: None)
-            scales = [init_scale(images, config, factor, SIZE_BANK_CANDIDATES) for factor in factors]
-            shape = shape_at(validation, size, sizes[-1])
-            scores[size.label] = score = validation_score(Detector(scales, config, channels), validation, shape)
-        else:
-            score = float("nan")
-        if best is None or score > best_score + TIE:
-            best, best_score = (size, images), score
-    size, images = best  # type: ignore[misc]
-    scales = [init_scale(images, config, factor) for factor in usable_factors(images, config, warn)]
-    return SizeChoice(size, images, scales, scores)
+def _mix_and_calibrate(detector: Detector, fitting, held_out, validation: ValidationSet, shape) -> tuple:
+    """Choose the map mix on the validation set, then calibrate edges and thresholds;
+    -> (the mix, the validation images' maps)."""
+    components = component_maps(detector, validation.resized(shape))
+    mix = choose_weights(detector, validation, components)
+    detector.calibration = Calibration(map_weights=mix.weights)
+    validation_maps = detector.combine(torch.stack(components), mix.weights)
+    calibrate_detector(detector, fitting, held_out, validation_maps, validation)
+    return mix, validation_maps
 
 
 def train(
@@ -305,11 +234,7 @@ def train(
             choice.scales, fitting, p.size, p.stride, cfg.score.bank_size, cfg.train.seed, MAX_BANK_CANDIDATES
         )
 
-    components = component_maps(detector, validation.resized(shape))
-    mix = choose_weights(detector, validation, components)
-    detector.calibration = Calibration(map_weights=mix.weights)
-    validation_maps = detector.combine(torch.stack(components), mix.weights)
-    calibrate_detector(detector, fitting, held_out, validation_maps, validation)
+    mix, validation_maps = _mix_and_calibrate(detector, fitting, held_out, validation, shape)
     summary = TrainSummary(
         images=len(arrays),
         held_out=held_count,
