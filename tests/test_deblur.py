@@ -7,7 +7,8 @@ from typer.testing import CliRunner
 
 from lista_cli.cli import app
 from lista_cli.restoration.blur import Blur, PSFError, parse_psf
-from lista_cli.restoration.deblur import LAPLACIAN, dct2, estimate_noise, idct2, tikhonov
+from lista_cli.restoration.dct import dct2, idct2
+from lista_cli.restoration.deblur import LAPLACIAN, estimate_noise, tikhonov
 
 SPECS = ["gaussian:1.5", "box:5", "motion:7,30", "kernel:0.05,0.24,0.40,0.24,0.05"]
 

@@ -61,7 +61,7 @@ def build_context(
     image, the per-scale RMS code norms, and a coreset of `size` stacked descriptors (out
     of at most `candidates`, a seeded random share of each image's beyond that)."""
     from . import patches
-    from .detector import downsample
+    from .resampling import downsample
 
     factors = [scale.factor for scale in scales]
     per_image = []

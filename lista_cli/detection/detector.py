@@ -12,41 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config
-from ..io.imageio import ImageError, to_channels, working_shape
-from . import edges, patches, scoring
+from ..io.imageio import ImageError, working_shape
+from . import edges, patches, scoring, tiling
 from .context import ContextBank
 from .model import UnfoldedISTA
 from .regions import Result, decide
+from .resampling import downsample, to_tensor, upsample
 from .typicality import CodeBank, log_residual
-
-
-def to_tensor(array: np.ndarray, channels: int, image_size: int | None, factor: float | None = None) -> torch.Tensor:
-    """(H, W, C) float array -> (channels, h, w) tensor at the model's resolution."""
-    planar = np.ascontiguousarray(np.moveaxis(to_channels(array, channels), -1, 0))  # (C, H, W)
-    tensor = torch.from_numpy(planar)
-    height, width = tensor.shape[-2:]
-    target = working_shape(height, width, image_size, factor)
-    if target != (height, width):  # antialiased resampling can overshoot [0, 1] slightly
-        tensor = F.interpolate(tensor[None], size=target, mode="bilinear", antialias=True, align_corners=False)[0]
-        tensor = tensor.clamp_(0, 1)
-    return tensor
-
-
-def downsample(images: torch.Tensor, factor: int) -> torch.Tensor:
-    """(B, C, h, w) -> (B, C, ceil(h/f), ceil(w/f)): means of f x f blocks (partial blocks at
-    the bottom and right edges average the pixels they have). Block j always covers pixels
-    [j f, (j+1) f), so tiles whose offsets are multiples of f see the same blocks."""
-    if factor == 1:
-        return images
-    return F.avg_pool2d(images, factor, ceil_mode=True)
-
-
-def upsample(maps: torch.Tensor, factor: int, size: tuple[int, int]) -> torch.Tensor:
-    """(B, M, h', w') coarse maps -> (B, M, h, w): bilinear by exactly `factor`, then cropped."""
-    if factor == 1:
-        return maps
-    fine = F.interpolate(maps, scale_factor=factor, mode="bilinear", align_corners=False)
-    return fine[..., : size[0], : size[1]]
 
 
 @dataclass
@@ -265,41 +237,8 @@ class Detector(nn.Module):
         return torch.cat([self.combine(components[i : i + 1]) for i in range(len(components))])
 
     def tiled_map(self, image: torch.Tensor) -> torch.Tensor:
-        """(C, h, w) -> (h, w) map, scored in overlapping tiles of `data.tile_size` px so memory
-        stays bounded; each tile carries a margin wide enough for patches and smoothing."""
-        cfg = self.config
-        coarsest = max(s.factor for s in self.scales)
-        # Tile offsets are multiples of stride * f for every factor f, so each scale's blocks
-        # and patch grid are the same in a tile as in the whole image.
-        grid = cfg.patch.stride * math.lcm(*(s.factor for s in self.scales))
-        tile = max(grid, cfg.data.tile_size // grid * grid)
-        height, width = image.shape[-2:]
-        if height <= tile and width <= tile:
-            return self.anomaly_maps(image[None])[0]
-        margin = 2 * cfg.patch.size * coarsest + math.ceil(3 * cfg.score.smooth_sigma)
-        margin = math.ceil(margin / grid) * grid
-        # One noise scale per image scale for the whole image, from a sparser grid (<= 2^16 patches).
-        noise = []
-        for scale in self.scales:
-            small = downsample(image[None].to(self.device), scale.factor)
-            if min(small.shape[-2:]) < cfg.patch.size:  # too small for one patch: scored as nothing
-                noise.append(small.new_ones(1, 1, 1))
-                continue
-            area = small.shape[-2] * small.shape[-1]
-            step = cfg.patch.stride * max(1, math.ceil(math.sqrt(area / cfg.patch.stride**2 / 65536)))
-            sample = patches.unfold(small, cfg.patch.size, step)
-            noise.append(scale.model.noise_scale(sample - scale.model.mean))
-        out = torch.empty(height, width)
-        for top in range(0, height, tile):
-            for left in range(0, width, tile):
-                y0, x0 = max(0, top - margin), max(0, left - margin)
-                y1, x1 = min(height, top + tile + margin), min(width, left + tile + margin)
-                tile_map = self.anomaly_maps(image[None, :, y0:y1, x0:x1], noise)[0]
-                core_h, core_w = min(tile, height - top), min(tile, width - left)
-                out[top : top + core_h, left : left + core_w] = tile_map[
-                    top - y0 : top - y0 + core_h, left - x0 : left - x0 + core_w
-                ].cpu()
-        return out
+        """(C, h, w) -> (h, w) map, scored in overlapping tiles of `data.tile_size` px (tiling.py)."""
+        return tiling.tiled_map(self, image)
 
     def damp_edges(self, maps: torch.Tensor) -> torch.Tensor:
         """(B, h, w) whole-image maps with the image edges damped as normal images need."""

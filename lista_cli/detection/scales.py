@@ -14,9 +14,10 @@ import torch
 
 from ..config import Config
 from . import patches
-from .detector import Detector, Scale, downsample
+from .detector import Detector, Scale
 from .mixing import validation_score
 from .model import PrincipalAxes, UnfoldedISTA
+from .resampling import downsample
 from .training_data import at_size
 from .typicality import MAX_BANK_CANDIDATES, MAX_CODE_RANK, build_bank
 from .validation import ValidationSet

@@ -18,8 +18,9 @@ from .checkpoint import save_checkpoint
 from .context import build_context
 from .cutpaste import cutpaste
 from .defects import FAMILIES, drawn_defect
-from .detector import Calibration, Detector, Scale, downsample
+from .detector import Calibration, Detector, Scale
 from .mixing import StepValidation, choose_weights, component_maps
+from .resampling import downsample
 from .scales import choose_size, shape_at
 from .training_data import at_size, load_training_arrays, training_folder
 from .typicality import MAX_BANK_CANDIDATES

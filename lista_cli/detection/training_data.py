@@ -12,7 +12,7 @@ from ..config import Config
 from ..errors import ListaError
 from ..io.imageio import ImageError, read_image
 from ..io.inputs import collect_inputs
-from .detector import to_tensor
+from .resampling import to_tensor
 from .working_size import WorkingSize
 
 
