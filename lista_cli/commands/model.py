@@ -40,7 +40,9 @@ def train(
         cfg = load_config(config, set_ or [])
         setup_torch(threads or cfg.train.threads)
         from ..detection.train import train as run_train
+        from ..detection.training_data import training_images
 
+        training_images(data_dir)  # no folder or no images: one line, before any progress bar
         with progress_bar(quiet) as progress:
             total = cfg.train.steps * len(cfg.data.scales) if cfg.model.learn else 0
             task = progress.add_task("train", total=total, info="")

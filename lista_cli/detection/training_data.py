@@ -26,18 +26,25 @@ def training_folder(data_dir: Path) -> Path:
     return good if good.is_dir() else Path(data_dir)
 
 
-def load_training_arrays(
-    data_dir: Path, config: Config, warn: Callable[[str], None]
-) -> tuple[list[np.ndarray], int, list[str]]:
-    """Read every image under the folder at its own size; unreadable ones are skipped."""
+def training_images(data_dir: Path) -> list:
+    """The image files training would read, or TrainError (no such folder, no images): a
+    check cheap enough to run before any progress is drawn."""
     folder = training_folder(data_dir)
     if not folder.is_dir():
         raise TrainError(f"{data_dir}: no such folder")
     found = collect_inputs([str(folder)])
     if found.problems:
         raise TrainError(found.problems[0][1])
+    return found.images
+
+
+def load_training_arrays(
+    data_dir: Path, config: Config, warn: Callable[[str], None]
+) -> tuple[list[np.ndarray], int, list[str]]:
+    """Read every image under the folder at its own size; unreadable ones are skipped."""
+    folder = training_folder(data_dir)
     arrays, skipped = [], []
-    for item in found.images:
+    for item in training_images(data_dir):
         try:
             arrays.append(read_image(item.path))
         except ImageError as exc:
