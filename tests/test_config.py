@@ -77,8 +77,12 @@ def test_renamed_keys_still_work_with_a_warning(tmp_path):
 
     old_file = tmp_path / "old.yaml"
     old_file.write_text("model:\n  layer: full\n  image_threshold: 0.05\n")
-    with pytest.warns(FutureWarning, match="config key model.layer is now model.layer_type"):
+    with pytest.warns(FutureWarning) as record:
         cfg = load_config(old_file, ["train.patches_per_image=7"])
+    assert sorted(str(w.message).split(": config key ")[1] for w in record) == [
+        f"{old} is now {RENAMED_KEYS[old]} (the old name will be removed)"
+        for old in ("model.image_threshold", "model.layer", "train.patches_per_image")
+    ]
     assert (cfg.model.layer_type, cfg.model.image_rank_threshold, cfg.train.patches_per_crop) == ("full", 0.05, 7)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
