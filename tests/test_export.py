@@ -244,3 +244,11 @@ def test_the_smallest_image_the_graph_scores(exported_model, rng):
     assert_same_results(detector, exported, [smallest])
     with pytest.raises(ImageError, match="smaller.png: image is 41x14 px.*at least 15 px"):
         exported.check_size(smallest[1:], "smaller.png")
+
+
+def test_commands_that_need_the_checkpoint_say_so_for_an_onnx_file(exported_model, tmp_path):
+    data, _, model = exported_model
+    for command in (["eval", str(model), str(data)], ["export", str(model), "--out", str(tmp_path / "again.onnx")]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 1, result.output
+        assert f"{model}: an exported ONNX model; only lista detect runs those" in result.output

@@ -75,6 +75,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Det
         raise CheckpointError(f"{path}: is a folder, not a model file")
     if not path.exists():
         raise CheckpointError(f"{path}: model file not found")
+    if path.suffix.lower() == ".onnx":
+        raise CheckpointError(
+            f"{path}: an exported ONNX model; only lista detect runs those, this needs the checkpoint from lista train"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
