@@ -252,3 +252,36 @@ def test_commands_that_need_the_checkpoint_say_so_for_an_onnx_file(exported_mode
         result = runner.invoke(app, command)
         assert result.exit_code == 1, result.output
         assert f"{model}: an exported ONNX model; only lista detect runs those" in result.output
+
+
+RAW_RUNTIME = """
+import json, sys
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+image = np.asarray(Image.open(sys.argv[2]).convert("RGB"), dtype=np.float32) / 255
+anomaly_map, score, image_threshold, pixel_threshold = session.run(None, {"image": image})
+anomalous = bool(score >= image_threshold and (anomaly_map >= pixel_threshold).any())
+print(json.dumps({"score": float(score), "anomalous": anomalous, "lista": "lista_cli" in sys.modules}))
+"""
+
+
+def test_the_readme_snippet_scores_without_lista_installed(exported_model):
+    """README's production snippet: onnxruntime, numpy and pillow only, lista_cli not even
+    importable (isolated mode, run from another folder)."""
+    data, checkpoint, model = exported_model
+    image = sorted((data / "test" / "spot").glob("*.png"))[0]
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", RAW_RUNTIME, str(model), str(image)],
+        capture_output=True,
+        text=True,
+        cwd=model.parent,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    expected = load_checkpoint(checkpoint).detect_batch([read_image(image)])[0]
+    assert got["score"] == pytest.approx(expected.score, rel=TOLERANCE)
+    assert got["anomalous"] == expected.anomalous and not got["lista"]
