@@ -140,13 +140,29 @@ def test_detect_with_an_exported_model_writes_what_the_checkpoint_writes(exporte
     assert regions[0] == regions[1]
 
 
-def test_an_image_too_large_for_one_tile_is_one_failure(exported_model, tmp_path):
-    data, _, model = exported_model
-    big = tmp_path / "big.png"
-    Image.fromarray(np.full((40, 1100, 3), 100, np.uint8)).save(big)
-    result = runner.invoke(app, ["detect", str(model), str(big), "--out", str(tmp_path / "out"), "-q"])
-    assert result.exit_code == 3
-    assert "big.png" in result.output and "does not tile" in result.output
+def test_images_larger_than_a_tile_are_tiled_as_the_checkpoint_tiles_them(exported_model, tmp_path, rng):
+    """data.tile_size 64: the runner asks the graph for the working-size image and its noise
+    scales, scores each tile through the graph and stitches, damps, resizes back and scores
+    as Detector.detect_batch does; and a 1100 x 1043 image at the default tile size, whose
+    noise comes from a sparser patch grid (step 8 instead of the stride 4)."""
+    _, checkpoint, _ = exported_model
+    detector = load_checkpoint(checkpoint)
+    big = rng.random((1100, 1043, 1), dtype=np.float32)
+    assert_same_results(detector, OnnxDetector(export(detector, tmp_path / "default.onnx")), [big])
+    detector.config.data.tile_size = 64
+    exported = OnnxDetector(export(detector, tmp_path / "tiled.onnx"))
+    arrays = [rng.random((131, 173, 3), dtype=np.float32), rng.random((97, 211, 1), dtype=np.float32)]
+    real = read_image(sorted((SAMPLE / "test").glob("*/*.png"))[0])
+    assert_same_results(detector, exported, [*arrays, real[:, 3:]])
+    image = tmp_path / "wide.png"
+    Image.fromarray((arrays[0] * 255).astype(np.uint8)).save(image)
+    rows = {}
+    for name, path in (("onnx", tmp_path / "tiled.onnx"), ("checkpoint", checkpoint)):
+        extra = ["--threshold", str(detector.threshold)]
+        result = runner.invoke(app, ["detect", str(path), str(image), "--out", str(tmp_path / name), "-q", *extra])
+        assert result.exit_code == 0, result.output
+        rows[name] = (tmp_path / name / "scores.csv").read_text().splitlines()[1].split(",")
+    assert rows["onnx"][3:] == rows["checkpoint"][3:]
 
 
 def test_export_refuses_models_it_cannot_express(tmp_path, rng):
@@ -262,7 +278,8 @@ from PIL import Image
 
 session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
 image = np.asarray(Image.open(sys.argv[2]).convert("RGB"), dtype=np.float32) / 255
-anomaly_map, score, image_threshold, pixel_threshold = session.run(None, {"image": image})
+outputs = ["anomaly_map", "score", "image_threshold", "pixel_threshold"]
+anomaly_map, score, image_threshold, pixel_threshold = session.run(outputs, {"image": image})
 anomalous = bool(score >= image_threshold and (anomaly_map >= pixel_threshold).any())
 print(json.dumps({"score": float(score), "anomalous": anomalous, "lista": "lista_cli" in sys.modules}))
 """

@@ -10,7 +10,9 @@ PyTorch's (up to 0.05 on an image in [0, 1]), so resizes are products with inter
 matrices built in the graph from the image's size, with PyTorch's formulas.
 
 What the graph cannot express exactly is refused (`unsupported`), never approximated.
-Images larger than one tile at the working size are refused by the runner (onnx_model.py).
+Images larger than one tile at the working size are tiled by the runner (onnx_model.py)
+as tiling.py tiles them, through two more modes of the graph (inputs "prepare" and
+"tile", each an If branch: ONNX Runtime runs every node of a graph otherwise).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from ..errors import ListaError
 from ..io.imageio import atomic_write
 from .detector import Detector
 from .onnx_graph import Graph, antialias_matrix, bilinear_matrix, crop, resize
-from .onnx_layers import scale_maps
+from .onnx_layers import scale_maps, sparse_grid_noise
 from .scoring import gaussian_kernel
 
 OPSET = 18
@@ -90,9 +92,8 @@ def _edge_divisor(g: Graph, length: str, profile: list[float]) -> str:
     return g.op("Gather", g.const(profile + [1.0]), distance)
 
 
-def _input_image(g: Graph, detector: Detector) -> tuple[str, tuple[str, str] | None]:
-    """The graph input "image" (H, W, 1 or 3) -> (1, C, h, w) at the working size, and the
-    working (h, w) or None when it is the input's (Detector.prepare)."""
+def _input_image(g: Graph, detector: Detector) -> str:
+    """The graph input "image" (H, W, 1 or 3) -> (1, C, H, W) in the model's channels."""
     expanded = g.op("Expand", "image", g.i64(1, 1, 3))  # (H, W, 1) or (H, W, 3) -> (H, W, 3)
     if detector.channels == 3:
         image = expanded
@@ -100,25 +101,33 @@ def _input_image(g: Graph, detector: Detector) -> tuple[str, tuple[str, str] | N
         luma = g.op("MatMul", expanded, g.const(np.array(LUMA, dtype=np.float32)[:, None]))
         first = g.op("Slice", "image", g.i64(0), g.i64(1), g.i64(2))  # the gray channel when C = 1
         image = g.op("Where", g.op("Equal", g.dim("image", 2), g.const(1, np.int64)), first, luma)
-    image = g.op("Unsqueeze", g.op("Transpose", image, perm=[2, 0, 1]), g.i64(0))  # (1, C, H, W)
-    height, width = g.dim("image", 0), g.dim("image", 1)
-    size = _working_size(g, detector, height, width)
-    if size is not None:
-        resized = resize(g, image, height, width, *size, antialias_matrix)
-        image = g.op("Clip", resized, g.const(0.0), g.const(1.0))
-    return image, size
+    return g.op("Unsqueeze", g.op("Transpose", image, perm=[2, 0, 1]), g.i64(0))
+
+
+def _resized(g: Graph, image: str, size: tuple[str, str]) -> str:
+    """(1, C, H, W) -> (1, C, h, w) at the working size (Detector.prepare)."""
+    resized = resize(g, image, g.dim(image, 2), g.dim(image, 3), *size, antialias_matrix)
+    return g.op("Clip", resized, g.const(0.0), g.const(1.0))
+
+
+def _downsample(g: Graph, image: str, factor: int) -> str:
+    if factor == 1:
+        return image
+    return g.op("AveragePool", image, kernel_shape=[factor] * 2, strides=[factor] * 2, ceil_mode=1)
 
 
 def _smoothed_map(g: Graph, detector: Detector, image: str) -> str:
     """(1, C, h, w) -> (1, 1, h, w): every scale's component maps, weighted, summed and
-    smoothed (Detector.anomaly_maps)."""
+    smoothed (Detector.anomaly_maps); a positive entry of the input "noise" replaces that
+    scale's measured noise scale (tiles of one image share the image's)."""
     components = []
-    for scale in detector.scales:
+    for number, scale in enumerate(detector.scales):
+        noise = g.op("Gather", "noise", g.const(number, np.int64))
         if scale.factor == 1:
-            components += scale_maps(g, detector, scale, image)
+            components += scale_maps(g, detector, scale, image, noise)
             continue
-        small = g.op("AveragePool", image, kernel_shape=[scale.factor] * 2, strides=[scale.factor] * 2, ceil_mode=1)
-        coarse = g.op("Concat", *scale_maps(g, detector, scale, small), axis=1)
+        small = _downsample(g, image, scale.factor)
+        coarse = g.op("Concat", *scale_maps(g, detector, scale, small, noise), axis=1)
         factors = g.const([1.0, 1.0, float(scale.factor), float(scale.factor)])
         fine = g.op("Resize", coarse, "", factors, mode="linear", coordinate_transformation_mode="half_pixel")
         fine = crop(g, fine, g.dim(image, 2), g.dim(image, 3))
@@ -150,35 +159,82 @@ def _image_score(g: Graph, detector: Detector, anomaly_map: str) -> str:
     return g.op("ReduceMean", top, keepdims=0)
 
 
+def _scored(g: Graph, detector: Detector, image: str, size: tuple[str, str] | None) -> list[str]:
+    """The scoring branch: (1, C, H, W) -> [anomaly map at the input's size, image score, -, the
+    noise input]. With the input "tile" true, the image is a tile of the working-size image:
+    no resize, no edge damping, and the map is the tile's smoothed map (tiling.tiled_map)."""
+    work = image
+    if size is not None:
+        work = g.branch("tile", lambda b: [image], lambda b: [_resized(b, image, size)], [4])[0]
+    work_h, work_w = g.dim(work, 2), g.dim(work, 3)
+    anomaly = g.op("Reshape", _smoothed_map(g, detector, work), g.op("Shape", work, start=2))  # (h, w)
+    calibration = detector.calibration
+    if calibration.edge_rows and (max(calibration.edge_rows) > 1.0 or max(calibration.edge_columns) > 1.0):
+        rows = g.op("Unsqueeze", _edge_divisor(g, work_h, list(calibration.edge_rows)), g.i64(1))
+        columns = g.op("Unsqueeze", _edge_divisor(g, work_w, list(calibration.edge_columns)), g.i64(0))
+        anomaly = g.op("Where", "tile", anomaly, g.op("Div", anomaly, g.op("Max", rows, columns)))
+    if size is not None:
+        height, width = g.dim(image, 2), g.dim(image, 3)
+
+        def back(b: Graph) -> list[str]:
+            return [resize(b, anomaly, work_h, work_w, height, width, bilinear_matrix)]
+
+        anomaly = g.branch("tile", lambda b: [anomaly], back, [2])[0]
+    channels = detector.channels
+    return [anomaly, _image_score(g, detector, anomaly), g.const(np.zeros((1, channels, 0, 0))), "noise"]
+
+
 def build(detector: Detector):
     """The detector as an onnx.ModelProto (raises ExportError if it cannot be exact)."""
     require_onnx()
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper, numpy_helper
 
     reason = unsupported(detector)
     if reason is not None:
         raise ExportError(f"cannot export this model exactly: {reason}")
     g = Graph()
-    image, size = _input_image(g, detector)
-    work_h, work_w = g.dim(image, 2), g.dim(image, 3)
-    anomaly = g.op("Reshape", _smoothed_map(g, detector, image), g.op("Shape", image, start=2))  # (h, w)
-    calibration = detector.calibration
-    if calibration.edge_rows and (max(calibration.edge_rows) > 1.0 or max(calibration.edge_columns) > 1.0):
-        rows = g.op("Unsqueeze", _edge_divisor(g, work_h, list(calibration.edge_rows)), g.i64(1))
-        columns = g.op("Unsqueeze", _edge_divisor(g, work_w, list(calibration.edge_columns)), g.i64(0))
-        anomaly = g.op("Div", anomaly, g.op("Max", rows, columns))
-    if size is not None:
-        anomaly = resize(g, anomaly, work_h, work_w, g.dim("image", 0), g.dim("image", 1), bilinear_matrix)
+    image = _input_image(g, detector)
+    height, width = g.dim("image", 0), g.dim("image", 1)
+    size = _working_size(g, detector, height, width)
+    ranks = [2, 0, 4, 1]  # anomaly_map, score, working_image, noise_scales
+
+    def prepare(b: Graph) -> list[str]:  # the working-size image and its tile noise scales
+        work = image if size is None else _resized(b, image, size)
+        noises = [sparse_grid_noise(b, detector, s, _downsample(b, work, s.factor)) for s in detector.scales]
+        noises = b.op("Concat", *[b.op("Reshape", n, b.i64(1)) for n in noises], axis=0)
+        return [b.const(np.zeros((0, 0))), b.const(0.0), work, noises]
+
+    def score(b: Graph) -> list[str]:
+        return _scored(b, detector, image, size)
+
+    outputs_of = g.branch("prepare", prepare, score, ranks)
     named = {
-        "anomaly_map": anomaly,
-        "score": _image_score(g, detector, anomaly),
+        "anomaly_map": outputs_of[0],
+        "score": outputs_of[1],
         "image_threshold": g.const(detector.threshold),
         "pixel_threshold": g.const(detector.pixel_threshold),
+        "working_image": outputs_of[2],
+        "noise_scales": outputs_of[3],
     }
     g.nodes += [helper.make_node("Identity", [value], [name]) for name, value in named.items()]
-    inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["height", "width", "channels"])]
-    outputs = [helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["height", "width"])]
-    outputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, []) for name in list(named)[1:]]
+    scales = len(detector.scales)
+    g.initializers += [  # inputs with defaults: feed them only to score an image in tiles
+        numpy_helper.from_array(np.full(scales, -1.0, dtype=np.float32), "noise"),
+        numpy_helper.from_array(np.array(False), "tile"),
+        numpy_helper.from_array(np.array(False), "prepare"),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("image", TensorProto.FLOAT, ["height", "width", "channels"]),
+        helper.make_tensor_value_info("noise", TensorProto.FLOAT, [scales]),
+        helper.make_tensor_value_info("tile", TensorProto.BOOL, []),
+        helper.make_tensor_value_info("prepare", TensorProto.BOOL, []),
+    ]
+    outputs = [helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, [None, None])]
+    outputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, []) for name in list(named)[1:4]]
+    outputs += [
+        helper.make_tensor_value_info("working_image", TensorProto.FLOAT, [None, None, None, None]),
+        helper.make_tensor_value_info("noise_scales", TensorProto.FLOAT, [scales]),
+    ]
     graph = helper.make_graph(g.nodes, "lista_detector", inputs, outputs, g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="lista")
     model.ir_version = min(model.ir_version, 9)  # readable by ONNX Runtime releases back to 1.16
@@ -209,6 +265,11 @@ def metadata(detector: Detector) -> dict[str, object]:
         # and exceed the smoothing's radius (its reflected border).
         "min_side": max((cfg.patch.size - 1) * coarsest + 1, radius + 1),
         "tile_size": cfg.data.tile_size,
+        "factors": json.dumps([int(s.factor) for s in detector.scales]),
+        "patch": json.dumps([cfg.patch.size, cfg.patch.stride]),
+        "smooth_sigma": repr(cfg.score.smooth_sigma),
+        "image_score": json.dumps([cfg.score.image_score, cfg.score.top_k]),
+        "edges": json.dumps([list(detector.calibration.edge_rows), list(detector.calibration.edge_columns)]),
         "min_region": cfg.score.min_region,
         "threshold": repr(detector.threshold),
         "pixel_threshold": repr(detector.pixel_threshold),

@@ -15,17 +15,35 @@ import torch
 class Graph:
     """A small ONNX graph builder: op() adds a node and returns its output name(s)."""
 
-    def __init__(self) -> None:
+    def __init__(self, counter: list[int] | None = None) -> None:
         from onnx import numpy_helper
 
         self._numpy_helper = numpy_helper
         self.nodes: list = []
         self.initializers: list = []
-        self._count = 0
+        self._counter = [0] if counter is None else counter  # shared with sub-graphs: names stay unique
 
     def _name(self, hint: str) -> str:
-        self._count += 1
-        return f"{hint}_{self._count}"
+        self._counter[0] += 1
+        return f"{hint}_{self._counter[0]}"
+
+    def branch(self, condition: str, then_build, else_build, ranks: list[int]) -> list[str]:
+        """An If node: `then_build(sub)` / `else_build(sub)` add a branch's nodes to a fresh
+        sub-graph (which may read this graph's values) and return its float outputs, whose
+        ranks are `ranks`. Only the branch taken runs (ONNX Runtime runs every other node)."""
+        from onnx import TensorProto, helper
+
+        branches = []
+        for build in (then_build, else_build):
+            sub = Graph(self._counter)
+            values = [sub.op("Identity", value) for value in build(sub)]  # outputs made inside the branch
+            outputs = [
+                helper.make_tensor_value_info(v, TensorProto.FLOAT, [None] * r)
+                for v, r in zip(values, ranks, strict=True)
+            ]
+            branches.append(helper.make_graph(sub.nodes, self._name("branch"), [], outputs, sub.initializers))
+        names = self.op("If", condition, outputs=len(ranks), then_branch=branches[0], else_branch=branches[1])
+        return [names] if isinstance(names, str) else names
 
     def const(self, value, dtype=np.float32) -> str:
         """An initializer holding `value` (a tensor, array or number; rank kept)."""

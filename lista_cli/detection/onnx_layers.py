@@ -52,8 +52,9 @@ def _soft_threshold(g: Graph, values: str, threshold: str) -> str:
     return g.op("Sub", values, g.op("Clip", values, g.op("Neg", threshold), threshold))
 
 
-def _sparse_part(g: Graph, model, centred: str, residual: str) -> str:
-    """(1, N, d) centred rows -> S_K (UnfoldedISTA.forward with a global background)."""
+def _sparse_part(g: Graph, model, centred: str, residual: str, noise: str | None = None) -> str:
+    """(1, N, d) centred rows -> S_K (UnfoldedISTA.forward with a global background);
+    `noise` (a scalar) replaces the measured noise scale where it is positive."""
     with torch.no_grad():
         thresholds = model.log_theta.exp()
         if model.kind == "full":
@@ -63,6 +64,8 @@ def _sparse_part(g: Graph, model, centred: str, residual: str) -> str:
         else:
             encoder = state = None
     scale = _noise_scale(g, residual) if model.relative_threshold else g.const(1.0)
+    if noise is not None and model.relative_threshold:
+        scale = g.op("Where", g.op("Greater", noise, g.const(0.0)), noise, scale)
     basis, basis_t = g.const(model.basis), g.const(model.basis.T.contiguous())
     drive = None if encoder is None else g.op("MatMul", centred, g.const(encoder.T.contiguous()))
     state_t = None if state is None else g.const(state.T.contiguous())
@@ -155,9 +158,60 @@ def _nearest_code(g: Graph, bank, centred: str) -> tuple[str, str]:
     return nearest, g.op("Reshape", g.op("GatherElements", exact, pick, axis=1), g.i64(-1))
 
 
-def scale_maps(g: Graph, detector: Detector, scale: Scale, image: str) -> list[str]:
+def sparse_grid_noise(g: Graph, detector: Detector, scale: Scale, image: str) -> str:
+    """The noise scale tiling.tiled_map measures for a whole (1, C, h, w) image at this
+    scale: the patches on a grid of step stride * ceil(sqrt(patches / 65536)) (at least the
+    stride), taken by strided slices, through the model's noise_scale."""
+    from onnx import TensorProto
+
+    p, stride, channels = detector.config.patch.size, detector.config.patch.stride, detector.channels
+    if not scale.model.relative_threshold:
+        return g.const(1.0)
+    height, width = g.dim(image, 2), g.dim(image, 3)
+    area = g.scalar(g.op("Mul", height, width), TensorProto.DOUBLE)
+    per_patch = g.op("Div", g.op("Div", area, g.const(float(stride**2), np.float64)), g.const(65536.0, np.float64))
+    spread = g.op("Ceil", g.op("Sqrt", per_patch))  # as tiling.py computes it, in double precision
+    step = g.op(
+        "Mul", g.op("Max", g.scalar(spread, TensorProto.INT64), g.const(1, np.int64)), g.const(stride, np.int64)
+    )
+
+    def padding(side: str) -> str:  # patches.padded_size(side, p, step) - side
+        extra = g.op("Mod", g.op("Sub", side, g.const(p, np.int64)), step)
+        return g.op("Mod", g.op("Sub", step, extra), step)
+
+    bottom, right = (g.op("Unsqueeze", padding(side), g.i64(0)) for side in (height, width))
+    padded = g.op("Pad", image, g.op("Concat", g.i64(0, 0, 0, 0, 0, 0), bottom, right, axis=0), mode="reflect")
+    # grid positions 0, step, ..., the last patch ending at the padded edge
+    counts = [
+        g.op("Add", g.op("Div", g.op("Sub", g.dim(padded, axis), g.const(p, np.int64)), step), g.const(1, np.int64))
+        for axis in (2, 3)
+    ]
+    steps = g.op("Concat", g.op("Unsqueeze", step, g.i64(0)), g.op("Unsqueeze", step, g.i64(0)), axis=0)
+    span = [g.op("Add", g.op("Mul", g.op("Sub", n, g.const(1, np.int64)), step), g.const(1, np.int64)) for n in counts]
+    pieces = []
+    for i in range(p):
+        for j in range(p):
+            starts = g.i64(i, j)
+            ends = g.op(
+                "Concat",
+                *[
+                    g.op("Unsqueeze", g.op("Add", s, g.const(o, np.int64)), g.i64(0))
+                    for s, o in zip(span, (i, j), strict=True)
+                ],
+                axis=0,
+            )
+            pieces.append(g.op("Unsqueeze", g.op("Slice", padded, starts, ends, g.i64(2, 3), steps), g.i64(2)))
+    stacked = g.op("Concat", *pieces, axis=2)  # (1, C, p*p, gh, gw): channel-major, then (i, j)
+    rows = g.op("Transpose", g.op("Reshape", stacked, g.i64(1, channels * p * p, -1)), perm=[0, 2, 1])
+    model = scale.model
+    centred = g.op("Sub", rows, g.const(model.mean))
+    projected = g.op("MatMul", g.op("MatMul", centred, g.const(model.basis)), g.const(model.basis.T.contiguous()))
+    return _noise_scale(g, g.op("Sub", centred, projected))
+
+
+def scale_maps(g: Graph, detector: Detector, scale: Scale, image: str, noise: str | None = None) -> list[str]:
     """(1, C, h, w) image at this scale -> its component maps, each (1, 1, h, w)
-    (Detector.scale_components)."""
+    (Detector.scale_components); `noise` replaces the measured noise scale when positive."""
     p, stride, channels = detector.config.patch.size, detector.config.patch.stride, detector.channels
     model, bank = scale.model, scale.bank
     rows, grid = _patch_rows(g, image, channels, p, stride)
@@ -165,7 +219,7 @@ def scale_maps(g: Graph, detector: Detector, scale: Scale, image: str) -> list[s
     projected = g.op("MatMul", g.op("MatMul", centred, g.const(model.basis)), g.const(model.basis.T.contiguous()))
     residual = g.op("Sub", centred, projected)  # Q x = x - U U^T x
     counts = _fold_counts(g, grid, p, stride)
-    sparse = _sparse_part(g, model, centred, residual)
+    sparse = _sparse_part(g, model, centred, residual, noise)
     maps = [_sparse_map(g, sparse, grid, counts, image, channels, p, stride)]
     if bank is None:
         return maps

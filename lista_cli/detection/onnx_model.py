@@ -13,6 +13,7 @@ has the same outputs, batching, sharding and error handling.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -88,27 +89,60 @@ class OnnxDetector:
 
     def check_size(self, array: np.ndarray, path: object) -> None:
         """Raise ImageError if the graph cannot score the image exactly: at the working size
-        it must hold a patch at the coarsest scale, and fit in one tile (the graph does not
-        tile; score huge images with the checkpoint)."""
+        it must hold a patch at the coarsest scale; 1 or 3 channels."""
         height, width = working_shape(array.shape[0], array.shape[1], self.image_size, self.working_scale)
         if min(height, width) < self.min_side:
             raise ImageError(
                 f"{path}: image is {array.shape[1]}x{array.shape[0]} px, {width}x{height} at model resolution;"
                 f" the exported model needs at least {self.min_side} px on each side there"
             )
-        if max(height, width) > self.tile_size:
-            raise ImageError(
-                f"{path}: image is {width}x{height} px at model resolution, larger than one"
-                f" {self.tile_size} px tile; the exported model does not tile: score it with the checkpoint"
-            )
         if array.shape[-1] not in (1, 3):
             raise ImageError(f"{path}: {array.shape[-1]} channels; expected 1 (gray) or 3 (RGB)")
 
     def run(self, array: np.ndarray) -> tuple[np.ndarray, float]:
-        """(H, W, C) float image in [0, 1] -> (H, W) anomaly map and image score."""
-        feed = {"image": np.ascontiguousarray(array, dtype=np.float32)}
-        anomaly_map, score, _, _ = self.session.run(None, feed)
+        """(H, W, C) float image in [0, 1] -> (H, W) anomaly map and image score; images
+        larger than one tile at the working size are scored in tiles (`_tiled`)."""
+        image = np.ascontiguousarray(array, dtype=np.float32)
+        height, width = working_shape(array.shape[0], array.shape[1], self.image_size, self.working_scale)
+        if max(height, width) > self._tile()[0]:
+            return self._tiled(image)
+        anomaly_map, score = self.session.run(["anomaly_map", "score"], {"image": image})
         return anomaly_map, float(score)
+
+    def _tile(self) -> tuple[int, int]:
+        """Tile side and margin at the working size, as tiling.tiled_map sets them."""
+        factors = json.loads(self.metadata["factors"])
+        patch, stride = json.loads(self.metadata["patch"])
+        grid = stride * math.lcm(*factors)
+        tile = max(grid, self.tile_size // grid * grid)
+        margin = 2 * patch * max(factors) + math.ceil(3 * float(self.metadata["smooth_sigma"]))
+        return tile, math.ceil(margin / grid) * grid
+
+    def _tiled(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+        """tiling.tiled_map outside the graph: the graph gives the working-size image and its
+        noise scales ("prepare"), then each tile's map ("tile"); the stitched map is damped at
+        the edges, resized back and scored here as Detector.detect_batch does."""
+        work, noise = self.session.run(["working_image", "noise_scales"], {"image": image, "prepare": np.array(True)})
+        work = work[0].transpose(1, 2, 0)  # (h, w, C)
+        height, width = work.shape[:2]
+        tile, margin = self._tile()
+        stitched = np.empty((height, width), dtype=np.float32)
+        for top in range(0, height, tile):
+            for left in range(0, width, tile):
+                y0, x0 = max(0, top - margin), max(0, left - margin)
+                y1, x1 = min(height, top + tile + margin), min(width, left + tile + margin)
+                feed = {"image": np.ascontiguousarray(work[y0:y1, x0:x1]), "noise": noise, "tile": np.array(True)}
+                tile_map = self.session.run(["anomaly_map"], feed)[0]
+                core_h, core_w = min(tile, height - top), min(tile, width - left)
+                stitched[top : top + core_h, left : left + core_w] = tile_map[
+                    top - y0 : top - y0 + core_h, left - x0 : left - x0 + core_w
+                ]
+        rows, columns = json.loads(self.metadata["edges"])
+        anomaly_map = damp_edges(stitched, rows, columns)
+        if anomaly_map.shape != image.shape[:2]:
+            anomaly_map = bilinear_resize(anomaly_map, image.shape[:2])
+        mode, top_k = json.loads(self.metadata["image_score"])
+        return anomaly_map, image_score(anomaly_map, mode, top_k)
 
     def detect_batch(self, arrays: list[np.ndarray]) -> list[Result]:
         """The result of each image, one graph run each (maps are per image anyway)."""
@@ -117,3 +151,50 @@ class OnnxDetector:
             anomaly_map, score = self.run(array)
             results.append(decide(anomaly_map, score, self.threshold, self.pixel_threshold, self.min_region))
         return results
+
+
+# --- what Detector.detect_batch does after tiling.tiled_map, in numpy (float32 as there) ---
+
+
+def damp_edges(anomaly_map: np.ndarray, rows: list[float], columns: list[float]) -> np.ndarray:
+    """edges.damp_edges: divide by the larger of the row and column divisors at each pixel's
+    distance from the nearer edge."""
+    if not rows or (max(rows) <= 1.0 and max(columns) <= 1.0):
+        return anomaly_map
+
+    def divisor(length: int, profile: list[float]) -> np.ndarray:
+        position = np.arange(length)
+        distance = np.minimum(np.minimum(position, length - 1 - position), len(profile))
+        return np.asarray(profile + [1.0], dtype=np.float32)[distance]
+
+    height, width = anomaly_map.shape
+    return anomaly_map / np.maximum(divisor(height, rows)[:, None], divisor(width, columns)[None, :])
+
+
+def _bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """(out, in) weights of F.interpolate(mode="bilinear", align_corners=False) to a size."""
+    scale = np.float32(size_in) / np.float32(size_out)
+    source = np.maximum((np.arange(size_out, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5), 0)
+    low = np.minimum(np.floor(source).astype(np.int64), size_in - 1)
+    high = np.minimum(low + 1, size_in - 1)
+    weight_high = (source - low).astype(np.float32)
+    matrix = np.zeros((size_out, size_in), dtype=np.float32)
+    np.add.at(matrix, (np.arange(size_out), low), 1 - weight_high)
+    np.add.at(matrix, (np.arange(size_out), high), weight_high)
+    return matrix
+
+
+def bilinear_resize(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h, w) -> size, bilinearly as Detector.detect_batch resizes a map back."""
+    rows = _bilinear_matrix(anomaly_map.shape[0], size[0])
+    columns = _bilinear_matrix(anomaly_map.shape[1], size[1])
+    return (rows @ anomaly_map @ columns.T).astype(np.float32)
+
+
+def image_score(anomaly_map: np.ndarray, mode: str, top_k: float) -> float:
+    """scoring.image_scores: the maximum, or the mean of the top `top_k` share of pixels."""
+    flat = anomaly_map.reshape(-1)
+    if mode == "max":
+        return float(flat.max())
+    count = max(1, round(top_k * flat.size))
+    return float(np.partition(flat, flat.size - count)[flat.size - count :].mean(dtype=np.float32))
