@@ -106,6 +106,8 @@ def test_exported_model_with_an_automatic_working_size_below_one(tmp_path, rng):
     detector.working_scale = 0.7519  # as training picks it: one factor for every image
     exported = OnnxDetector(export(detector, tmp_path / "scaled.onnx"))
     assert_same_results(detector, exported, arrays)
+    detector.config.data.tile_size = 64  # tiles of the resized image, resized back after stitching
+    assert_same_results(detector, OnnxDetector(export(detector, tmp_path / "tiles.onnx")), arrays)
 
 
 @pytest.fixture(scope="module")
