@@ -18,32 +18,36 @@ from ..console import (
 )
 from .options import DebugOpt, DeviceOpt, ExtOpt, JsonOpt, QuietOpt, RecursiveOpt, ThreadsOpt, gather_inputs, load_model
 
+DetectModelArg = Annotated[
+    Path, typer.Argument(help="Model file from `lista train`, or MODEL.onnx from `lista export` (ONNX Runtime).")
+]
+InputsArg = Annotated[list[str], typer.Argument(help="Image files, folders, globs, or - for paths on stdin.")]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option("--shard", help="I/N: only shard I (0..N-1) of the sorted inputs; writes scores.shard-I-of-N.csv."),
+]
+SkipExistingOpt = Annotated[
+    bool, typer.Option("--skip-existing", help="Resume: skip images whose outputs and scores row exist.")
+]
+BatchOpt = Annotated[int, typer.Option("--batch", help="Images per model batch.", min=1)]
+ThresholdOpt = Annotated[
+    float | None,
+    typer.Option("--threshold", help="Image threshold for this run instead of the model's (a raw score).", min=0),
+]
+ReportOpt = Annotated[bool, typer.Option("--report", help="Also write DIR/report.html (needs lista-cli[report]).")]
+
 
 def detect(
-    model: Annotated[
-        Path, typer.Argument(help="Model file from `lista train`, or MODEL.onnx from `lista export` (ONNX Runtime).")
-    ],
-    inputs: Annotated[list[str], typer.Argument(help="Image files, folders, globs, or - for paths on stdin.")],
+    model: DetectModelArg,
+    inputs: InputsArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (mirrors input folders).")],
     recursive: RecursiveOpt = True,
     ext: ExtOpt = None,
-    shard: Annotated[
-        str | None,
-        typer.Option(
-            "--shard", help="I/N: only shard I (0..N-1) of the sorted inputs; writes scores.shard-I-of-N.csv."
-        ),
-    ] = None,
-    skip_existing: Annotated[
-        bool, typer.Option("--skip-existing", help="Resume: skip images whose outputs and scores row exist.")
-    ] = False,
-    batch: Annotated[int, typer.Option("--batch", help="Images per model batch.", min=1)] = 16,
-    threshold: Annotated[
-        float | None,
-        typer.Option("--threshold", help="Image threshold for this run instead of the model's (a raw score).", min=0),
-    ] = None,
-    report: Annotated[
-        bool, typer.Option("--report", help="Also write DIR/report.html (needs lista-cli[report]).")
-    ] = False,
+    shard: ShardOpt = None,
+    skip_existing: SkipExistingOpt = False,
+    batch: BatchOpt = 16,
+    threshold: ThresholdOpt = None,
+    report: ReportOpt = False,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
     threads: ThreadsOpt = 0,

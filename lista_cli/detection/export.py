@@ -187,7 +187,7 @@ def _scored(g: Graph, detector: Detector, image: str, size: tuple[str, str] | No
 def build(detector: Detector):
     """The detector as an onnx.ModelProto (raises ExportError if it cannot be exact)."""
     require_onnx()
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     reason = unsupported(detector)
     if reason is not None:
@@ -223,6 +223,14 @@ def build(detector: Detector):
         numpy_helper.from_array(np.array(False), "tile"),
         numpy_helper.from_array(np.array(False), "prepare"),
     ]
+    return _model(g, detector)
+
+
+def _model(g: Graph, detector: Detector):
+    """The ModelProto around the built graph: inputs (three with defaults), outputs, metadata."""
+    from onnx import TensorProto, helper
+
+    scales = len(detector.scales)
     inputs = [
         helper.make_tensor_value_info("image", TensorProto.FLOAT, ["height", "width", "channels"]),
         helper.make_tensor_value_info("noise", TensorProto.FLOAT, [scales]),
@@ -230,7 +238,9 @@ def build(detector: Detector):
         helper.make_tensor_value_info("prepare", TensorProto.BOOL, []),
     ]
     outputs = [helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, [None, None])]
-    outputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, []) for name in list(named)[1:4]]
+    outputs += [
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, []) for n in ("score", "image_threshold", "pixel_threshold")
+    ]
     outputs += [
         helper.make_tensor_value_info("working_image", TensorProto.FLOAT, [None, None, None, None]),
         helper.make_tensor_value_info("noise_scales", TensorProto.FLOAT, [scales]),

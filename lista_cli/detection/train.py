@@ -188,6 +188,18 @@ def _mix_and_calibrate(detector: Detector, fitting, held_out, validation: Valida
     return mix, validation_maps
 
 
+def _split(arrays: list, cfg: Config) -> tuple[list, list]:
+    """(held-out, fitting) images: a seeded share train.holdout held out (at least one each)."""
+    order = torch.randperm(len(arrays), generator=torch.Generator().manual_seed(cfg.train.seed)).tolist()
+    held_count = min(len(arrays) - 1, max(1, round(cfg.train.holdout * len(arrays))))
+    return [arrays[i] for i in order[:held_count]], [arrays[i] for i in order[held_count:]]
+
+
+def _counted(on_step, offset: int):
+    """on_step for one scale's steps, counted on from `offset` (all scales share one count)."""
+    return None if on_step is None else (lambda k, loss, val: on_step(offset + k, loss, val))
+
+
 def train(
     data_dir: Path,
     config: Config,
@@ -203,11 +215,8 @@ def train(
     cfg = config
     folder = training_folder(data_dir)
     arrays, channels, skipped = load_training_arrays(data_dir, cfg, warn)
-    rng = torch.Generator().manual_seed(cfg.train.seed)
-    order = torch.randperm(len(arrays), generator=rng).tolist()
-    held_count = min(len(arrays) - 1, max(1, round(cfg.train.holdout * len(arrays))))
-    held_arrays = [arrays[i] for i in order[:held_count]]
-    fitting_arrays = [arrays[i] for i in order[held_count:]]
+    held_arrays, fitting_arrays = _split(arrays, cfg)
+    held_count = len(held_arrays)
 
     sizes = candidates([a.shape[:2] for a in arrays], cfg.data.image_size, cfg.patch.size)
     reference = sizes[-1]  # validation defects are drawn at the largest candidate size
@@ -223,11 +232,10 @@ def train(
     steps = cfg.train.steps if cfg.model.learn else 0
     if on_total:
         on_total(steps * len(choice.scales))
-    summaries = []
-    for number, scale in enumerate(choice.scales):
-        offset = number * steps
-        counted = None if on_step is None else (lambda k, loss, val, o=offset: on_step(o + k, loss, val))
-        summaries.append(train_layers(scale, fitting, validation, shape, cfg, channels, counted))
+    summaries = [
+        train_layers(scale, fitting, validation, shape, cfg, channels, _counted(on_step, number * steps))
+        for number, scale in enumerate(choice.scales)
+    ]
     detector = Detector(choice.scales, cfg, channels, working_scale=size.factor)
     if cfg.score.context and cfg.score.bank_size and all(scale.bank is not None for scale in choice.scales):
         p = cfg.patch
