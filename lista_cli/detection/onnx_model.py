@@ -72,6 +72,16 @@ class OnnxDetector:
         self.model_threshold = float(meta["threshold"])
         self.threshold = self.model_threshold
         self._pixel_threshold = float(meta["pixel_threshold"])
+        # For images larger than a tile: the geometry of tiling.tiled_map, the edge damping
+        # and the image score, read once.
+        factors = json.loads(meta["factors"])
+        patch, stride = json.loads(meta["patch"])
+        grid = stride * math.lcm(*factors)
+        self.tile = max(grid, self.tile_size // grid * grid)
+        margin = 2 * patch * max(factors) + math.ceil(3 * float(meta["smooth_sigma"]))
+        self.margin = math.ceil(margin / grid) * grid
+        self.edges = json.loads(meta["edges"])
+        self.image_score = json.loads(meta["image_score"])
 
     @property
     def config(self) -> dict[str, Any]:
@@ -104,19 +114,10 @@ class OnnxDetector:
         larger than one tile at the working size are scored in tiles (`_tiled`)."""
         image = np.ascontiguousarray(array, dtype=np.float32)
         height, width = working_shape(array.shape[0], array.shape[1], self.image_size, self.working_scale)
-        if max(height, width) > self._tile()[0]:
+        if max(height, width) > self.tile:
             return self._tiled(image)
         anomaly_map, score = self.session.run(["anomaly_map", "score"], {"image": image})
         return anomaly_map, float(score)
-
-    def _tile(self) -> tuple[int, int]:
-        """Tile side and margin at the working size, as tiling.tiled_map sets them."""
-        factors = json.loads(self.metadata["factors"])
-        patch, stride = json.loads(self.metadata["patch"])
-        grid = stride * math.lcm(*factors)
-        tile = max(grid, self.tile_size // grid * grid)
-        margin = 2 * patch * max(factors) + math.ceil(3 * float(self.metadata["smooth_sigma"]))
-        return tile, math.ceil(margin / grid) * grid
 
     def _tiled(self, image: np.ndarray) -> tuple[np.ndarray, float]:
         """tiling.tiled_map outside the graph: the graph gives the working-size image and its
@@ -125,7 +126,7 @@ class OnnxDetector:
         work, noise = self.session.run(["working_image", "noise_scales"], {"image": image, "prepare": np.array(True)})
         work = work[0].transpose(1, 2, 0)  # (h, w, C)
         height, width = work.shape[:2]
-        tile, margin = self._tile()
+        tile, margin = self.tile, self.margin
         stitched = np.empty((height, width), dtype=np.float32)
         for top in range(0, height, tile):
             for left in range(0, width, tile):
@@ -137,12 +138,10 @@ class OnnxDetector:
                 stitched[top : top + core_h, left : left + core_w] = tile_map[
                     top - y0 : top - y0 + core_h, left - x0 : left - x0 + core_w
                 ]
-        rows, columns = json.loads(self.metadata["edges"])
-        anomaly_map = damp_edges(stitched, rows, columns)
+        anomaly_map = damp_edges(stitched, *self.edges)
         if anomaly_map.shape != image.shape[:2]:
             anomaly_map = bilinear_resize(anomaly_map, image.shape[:2])
-        mode, top_k = json.loads(self.metadata["image_score"])
-        return anomaly_map, image_score(anomaly_map, mode, top_k)
+        return anomaly_map, image_score(anomaly_map, *self.image_score)
 
     def detect_batch(self, arrays: list[np.ndarray]) -> list[Result]:
         """The result of each image, one graph run each (maps are per image anyway)."""
