@@ -42,8 +42,8 @@ class DataConfig:
 
 @dataclass
 class PatchConfig:
-    size: int = _opt(8, low=2, high=64)
-    stride: int = _opt(4, low=1, high=64)
+    size: int = _opt(6, low=2, high=64)
+    stride: int = _opt(3, low=1, high=64)
 
 
 @dataclass

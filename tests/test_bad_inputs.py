@@ -10,6 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from lista_cli.cli import app
+from lista_cli.config import Config
 from lista_cli.io.imageio import read_image
 
 runner = CliRunner()
@@ -116,7 +117,8 @@ def test_image_smaller_than_a_patch(models, tmp_path, rng):
     Image.fromarray((rng.random((30, 30, 3)) * 255).astype(np.uint8)).save(folder / "fine.png")
     result = runner.invoke(app, ["detect", str(models["native"]), str(folder), "--out", str(tmp_path / "o"), "-q"])
     assert result.exit_code == 3
-    assert "sliver.png: image is 30x5 px, smaller than one 8x8 patch" in result.stderr
+    p = Config().patch.size
+    assert f"sliver.png: image is 30x5 px, smaller than one {p}x{p} patch" in result.stderr
     assert (tmp_path / "o" / "fine_map.npy").exists()
 
 

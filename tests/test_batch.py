@@ -146,7 +146,9 @@ def test_tiles_equal_the_whole_image(setup, multiscale, which, rng):
     whole = detector.anomaly_maps(image[None])[0]
     detector.config.data.tile_size = 16
     tiled = detector.tiled_map(image)
-    torch.testing.assert_close(tiled, whole, atol=1e-6, rtol=0)
+    # Up to rounding: matrix products block differently for a tile's patch count, and the
+    # residual level blend (typicality.blend_weights) magnifies that near three-way ties.
+    torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=0)
 
 
 def test_multiscale_maps_add_every_scale(multiscale, rng):

@@ -12,6 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from lista_cli.cli import app
+from lista_cli.config import Config
 
 from .conftest import RNG_SEED, make_mvtec, texture
 
@@ -303,8 +304,9 @@ def test_a_scale_too_small_for_a_patch_is_skipped_with_a_warning(tmp_path, rng):
 
     data = tmp_path / "tiny"
     data.mkdir()
-    for i in range(5):
-        Image.fromarray(texture(rng, 12, 13)).save(data / f"{i}.png")
+    p = Config().patch.size
+    for i in range(5):  # half size: less than a patch
+        Image.fromarray(texture(rng, 2 * p - 2, 2 * p - 1)).save(data / f"{i}.png")
     model = tmp_path / "tiny.pt"
     result = runner.invoke(
         app, ["train", str(data), "--out", str(model), "--set", "data.image_size=null", "--set", "train.steps=2"]

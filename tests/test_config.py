@@ -36,7 +36,7 @@ def test_precedence_defaults_file_overrides(tmp_path):
         ("train.steps=abc", "train.steps must be an integer, got 'abc'"),
         ("model.layer_type=dense", "model.layer_type must be one of full, cp, alista"),
         ("model.energy=1.5", "model.energy must be < 1.0"),
-        ("patch.stride=9", "patch.stride (9) must be <= patch.size (8)"),
+        ("patch.stride=9", f"patch.stride (9) must be <= patch.size ({Config().patch.size})"),
         ("model.learn=maybe", "model.learn must be true or false"),
         ("cutpaste.area=[0.2]", "cutpaste.area must be a list of 2 numbers"),
         ("data.scales=[2]", "data.scales must start at 1 and increase"),

@@ -17,6 +17,17 @@ def test_coarse_index_is_the_nearest_coarse_patch_centre():
         np.testing.assert_allclose(np.abs(fine - coarse[got]), np.abs(fine - coarse[expected]))
 
 
+def test_coarse_index_shifts_with_a_tile():
+    """A tile starting k coarse steps in (k * f fine steps) sees every index shifted by k:
+    ties must not round one way here and the other way there (round half to even would)."""
+    for p, s, factor in ((6, 3, 2), (8, 4, 2), (6, 3, 3), (5, 2, 4)):
+        whole = coarse_index(60, 10**6, factor, p, s)
+        for k in (1, 2, 3):
+            tile = coarse_index(60 - k * factor, 10**6, factor, p, s)
+            # past the first few (clamped at the tile's border, inside its margin)
+            np.testing.assert_array_equal((tile + k)[4:].numpy(), whole[k * factor :][4:].numpy())
+
+
 def test_stack_codes_concatenates_each_patch_with_its_coarse_neighbours():
     gen = torch.Generator().manual_seed(4)
     fine, coarse = torch.rand(5, 7, 3, generator=gen), torch.rand(3, 4, 2, generator=gen)

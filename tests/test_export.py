@@ -252,15 +252,17 @@ def test_exported_file_carries_its_metadata(exported_model):
 
 
 def test_the_smallest_image_the_graph_scores(exported_model, rng):
-    """Scales 1 and 1/2 with 8 px patches: 15 px is the least side whose coarse scale holds a
-    patch; one px less the checkpoint scores that scale as nothing, and the graph refuses."""
+    """Scales 1 and 1/2 with p px patches: 2p - 1 px is the least side whose coarse scale
+    holds a patch; one px less the checkpoint scores that scale as nothing, and the graph
+    refuses."""
     _, checkpoint, model = exported_model
     detector, exported = load_checkpoint(checkpoint), OnnxDetector(model)
     assert detector.working_scale == 1.0 and detector.config.data.scales == [1, 2]
-    smallest = rng.random((15, 41, 3), dtype=np.float32)
+    side = 2 * detector.config.patch.size - 1
+    smallest = rng.random((side, 41, 3), dtype=np.float32)
     exported.check_size(smallest, "smallest.png")
     assert_same_results(detector, exported, [smallest])
-    with pytest.raises(ImageError, match="smaller.png: image is 41x14 px.*at least 15 px"):
+    with pytest.raises(ImageError, match=f"smaller.png: image is 41x{side - 1} px.*at least {side} px"):
         exported.check_size(smallest[1:], "smaller.png")
 
 

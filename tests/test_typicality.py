@@ -123,13 +123,44 @@ def test_residual_levels_equal_a_float64_reference_per_cell():
     owner = np.sqrt(((codes[:, None] - centres[None]) ** 2).sum(-1)).argmin(1)
     expected = [levels[owner == j].mean() for j in range(len(centres))]
     np.testing.assert_allclose(bank.residual_levels.numpy(), expected, rtol=1e-4, atol=1e-4)
-    # scoring a patch: |its level - its nearest code's level|, whether its grain is lost or added
+    # scoring a patch: |its level - the level its code's neighbours say it should have|
     centred = rows[:5].float()
-    index, _ = bank.nearest(bank.codes_of(centred))
+    _, expected_level = bank.match(bank.codes_of(centred))
     flat = centred @ subspace @ subspace.T  # the grain removed: the subspace explains it all
     for patch, expected_sign in ((flat, -1), (centred + 3 * (flat - centred), 1)):
-        got = bank.residual_deviations(typicality.log_residual(patch, subspace), index)
         level = torch.log((patch - patch @ subspace @ subspace.T).square().mean(1) + typicality.RESIDUAL_FLOOR)
-        torch.testing.assert_close(got, (level - bank.residual_levels[index]).abs())
-        assert (expected_sign * (level - bank.residual_levels[index]) > 1).all()  # far from normal, both ways
+        assert (expected_sign * (level - expected_level) > 1).all()  # far from normal, both ways
     assert not CodeBank(code_basis, bank.codes).has_residual and bank.without(0).has_residual
+
+
+def test_match_blends_the_two_nearest_levels_as_a_float64_reference_does():
+    gen = torch.Generator().manual_seed(5)
+    centres, radii = torch.randn(37, 5, generator=gen), 0.5 + torch.rand(37, generator=gen)
+    levels = torch.randn(37, generator=gen)
+    bank = CodeBank(torch.eye(5), centres, radii, levels)
+    points = torch.randn(301, 5, generator=gen)
+    distance, level = bank.match(points)
+    exact = (points.double()[:, None] - centres.double()[None]).norm(dim=2) / radii.double()  # (n, M)
+    d, j = exact.sort(dim=1)
+    weights = (d[:, 2:3] - d[:, :2]) / d[:, :2].square()
+    expected = (levels.double()[j[:, :2]] * weights).sum(1) / weights.sum(1)
+    torch.testing.assert_close(distance.double(), d[:, 0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(level.double(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_match_level_is_continuous_where_nearest_codes_swap():
+    # three codes on a line, equal radii: walking from code 0 to code 1, the nearest code
+    # swaps half-way; the blended level moves without a jump and is the mean there.
+    centres = torch.tensor([[0.0, 0.0], [1.0, 0.0], [5.0, 0.0]])
+    bank = CodeBank(torch.eye(2), centres, torch.ones(3), torch.tensor([0.0, 1.0, 7.0]))
+    walk = torch.stack([torch.linspace(0, 1, 2001), torch.zeros(2001)], dim=1)
+    _, level = bank.match(walk)
+    assert float(level.diff().abs().max()) < 5e-3
+    assert abs(float(bank.match(torch.tensor([[0.5, 0.0]]))[1]) - 0.5) < 1e-6
+    assert abs(float(level[0])) < 1e-6 and abs(float(level[-1]) - 1.0) < 1e-6
+    # the second code fades out as the third catches up (2.5 is as far from 0 as from 5)
+    near_tie = bank.match(torch.tensor([[2.5, 1e-3], [2.5, -1e-3]]))[1]
+    assert abs(float(near_tie[0] - near_tie[1])) < 1e-4
+    # one code: its level; no levels: None
+    assert float(CodeBank(torch.eye(2), centres[:1], None, torch.tensor([3.0])).match(walk[:4])[1].max()) == 3.0
+    assert CodeBank(torch.eye(2), centres).match(walk[:4])[1] is None

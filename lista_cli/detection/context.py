@@ -19,9 +19,11 @@ from .typicality import CodeBank
 
 def coarse_index(count: int, coarse_count: int, factor: int, patch: int, stride: int) -> torch.Tensor:
     """For each of `count` scale-1 grid positions along an axis, the index of the scale-f
-    grid position whose patch centre is nearest: fine centre i s + p/2, coarse (j s + p/2) f."""
+    grid position whose patch centre is nearest: fine centre i s + p/2, coarse (j s + p/2) f.
+    Halves round up, not to even: shifting the image by whole coarse steps (a tile) then
+    shifts every index alike."""
     centres = torch.arange(count, dtype=torch.float64) * stride + patch / 2
-    index = torch.round((centres / factor - patch / 2) / stride).long()
+    index = torch.floor((centres / factor - patch / 2) / stride + 0.5).long()
     return index.clamp(0, coarse_count - 1)
 
 

@@ -175,10 +175,10 @@ class Detector(nn.Module):
         if bank is not None:
             centred = rows[0] - scale.model.mean
             codes = bank.codes_of(centred)  # (N, R)
-            nearest, distances = bank.nearest(codes)
+            distances, levels = bank.match(codes)
             components.append(scoring.patch_values_to_map(distances[None], size, p, stride))
-            if bank.has_residual:
-                deviations = bank.residual_deviations(log_residual(centred, scale.model.basis), nearest)
+            if levels is not None:
+                deviations = (log_residual(centred, scale.model.basis) - levels).abs()
                 components.append(scoring.patch_values_to_map(deviations[None], size, p, stride))
             grid = codes.view(*patches.grid_shape(size[0], size[1], p, stride), -1)
         return torch.stack(components, dim=1), grid

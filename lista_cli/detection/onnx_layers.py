@@ -12,7 +12,7 @@ import torch
 
 from .detector import Detector, Scale
 from .onnx_graph import Graph, crop
-from .typicality import RESIDUAL_FLOOR
+from .typicality import BLEND_EPSILON, RESIDUAL_FLOOR
 
 INT64_MAX = 2**63 - 1
 NOISE_SAMPLE = 32768  # model.noise_scale: the median of an evenly spaced sample of this many entries
@@ -134,9 +134,10 @@ def _sparse_map(g: Graph, sparse: str, grid: str, counts: str, image: str, chann
     return crop(g, g.op("Div", summed, counts), g.dim(image, 2), g.dim(image, 3))
 
 
-def _nearest_code(g: Graph, bank, centred: str) -> tuple[str, str]:
-    """(N,) index of each patch's nearest bank code and the distance in units of its radius
-    (typicality._nearest: the expanded form shortlists two codes, exact distances decide)."""
+def _nearest_codes(g: Graph, bank, centred: str) -> tuple[str, str]:
+    """(N, k) indices of each patch's k = min(3, M) nearest bank codes, nearest first, and
+    (N, k) their distances in units of their radii (typicality._shortlist: the expanded
+    form shortlists, exact distances order)."""
     with torch.no_grad():
         weights = bank.radii.square().reciprocal()
         offsets = (bank.codes.square().sum(dim=1) * weights)[None]
@@ -145,17 +146,33 @@ def _nearest_code(g: Graph, bank, centred: str) -> tuple[str, str]:
     codes = g.op("Reshape", g.op("MatMul", centred, g.const(bank.basis)), g.i64(-1, rank))  # (N, R)
     lifted = g.op("Concat", codes, g.op("ReduceSum", g.op("Mul", codes, codes), g.i64(1), keepdims=1), axis=1)
     expanded = g.op("Add", g.op("MatMul", lifted, g.const(factors)), g.const(offsets))  # (N, M)
-    shortlist = min(2, len(bank.codes))
-    candidates = g.op("TopK", expanded, g.i64(shortlist), outputs=2, axis=1, largest=0, sorted=1)[1]  # (N, 2)
+    size = min(3, len(bank.codes))
+    candidates = g.op("TopK", expanded, g.i64(size), outputs=2, axis=1, largest=0, sorted=1)[1]  # (N, k)
     gap = g.op("Sub", g.op("Unsqueeze", codes, g.i64(1)), g.op("Gather", g.const(bank.codes), candidates))
     exact = g.op(
         "Div",
         g.op("Sqrt", g.op("ReduceSum", g.op("Mul", gap, gap), g.i64(2), keepdims=0)),
         g.op("Gather", g.const(bank.radii), candidates),
-    )  # (N, 2)
-    pick = g.op("ArgMin", exact, axis=1, keepdims=1)
-    nearest = g.op("Reshape", g.op("GatherElements", candidates, pick, axis=1), g.i64(-1))
-    return nearest, g.op("Reshape", g.op("GatherElements", exact, pick, axis=1), g.i64(-1))
+    )  # (N, k)
+    exact, order = g.op("TopK", exact, g.i64(size), outputs=2, axis=1, largest=0, sorted=1)
+    return g.op("GatherElements", candidates, order, axis=1), exact
+
+
+def _expected_level(g: Graph, bank, candidates: str, exact: str) -> str:
+    """(N,) the residual level of the two nearest codes blended (typicality.blend_weights)."""
+    levels = g.op("Gather", g.const(bank.residual_levels), candidates)  # (N, k)
+    if len(bank.codes) == 1:
+        return g.op("Reshape", levels, g.i64(-1))
+    first_two = g.i64(0), g.i64(2), g.i64(1)
+    nearest = g.op("Slice", exact, *first_two)  # (N, 2)
+    last = g.op("Slice", exact, g.i64(-1), g.i64(2**62), g.i64(1))  # (N, 1)
+    squared = g.op("Add", g.op("Mul", nearest, nearest), g.const(BLEND_EPSILON))
+    weights = g.op("Div", g.op("Sub", last, nearest), squared)  # (d_k - d_i) / d_i^2
+    total = g.op("ReduceSum", weights, g.i64(1), keepdims=1)
+    normalised = g.op("Div", weights, g.op("Max", total, g.const(1e-30)))
+    weights = g.op("Where", g.op("Greater", total, g.const(0.0)), normalised, g.const(0.5))
+    blended = g.op("Mul", g.op("Slice", levels, *first_two), weights)
+    return g.op("ReduceSum", blended, g.i64(1), keepdims=0)
 
 
 def sparse_grid_noise(g: Graph, detector: Detector, scale: Scale, image: str) -> str:
@@ -223,11 +240,12 @@ def scale_maps(g: Graph, detector: Detector, scale: Scale, image: str, noise: st
     maps = [_sparse_map(g, sparse, grid, counts, image, channels, p, stride)]
     if bank is None:
         return maps
-    nearest, distance = _nearest_code(g, bank, centred)
+    candidates, exact = _nearest_codes(g, bank, centred)
+    distance = g.op("Reshape", g.op("Slice", exact, g.i64(0), g.i64(1), g.i64(1)), g.i64(-1))
     maps.append(_patch_values_map(g, distance, grid, counts, image, p, stride))
-    if bank.has_residual:  # |log(||Q x||^2 / d + floor) - the nearest code's level|
+    if bank.has_residual:  # |log(||Q x||^2 / d + floor) - the level the nearest codes expect|
         variance = g.op("ReduceMean", g.op("Mul", residual, residual), g.i64(2), keepdims=0)
         level = g.op("Reshape", g.op("Log", g.op("Add", variance, g.const(RESIDUAL_FLOOR))), g.i64(-1))
-        deviation = g.op("Abs", g.op("Sub", level, g.op("Gather", g.const(bank.residual_levels), nearest)))
+        deviation = g.op("Abs", g.op("Sub", level, _expected_level(g, bank, candidates, exact)))
         maps.append(_patch_values_map(g, deviation, grid, counts, image, p, stride))
     return maps

@@ -17,9 +17,9 @@ A nearest-code distance only grows with "more than normal": a smudged patch (blu
 grain gone) sits near the middle of the normal codes and scores *below* normal texture.
 So each bank code also keeps the residual level of the normal patches it stands for,
 l_j = mean log(||Q x||^2 / d + floor) (Q = I - U U^T: what the background subspace leaves
-unexplained, the grain), and the residual map scores |log(||Q x||^2 / d + floor) - l_j| at
-the nearest code j: grain lost (smudge, polish, blur) or grain gained where the code says
-the patch should look otherwise.
+unexplained, the grain), and the residual map scores |log(||Q x||^2 / d + floor) - l|, l the
+levels of the two nearest codes blended (`blend_weights`): grain lost (smudge, polish, blur)
+or grain gained where the code says the patch should look otherwise.
 """
 
 from __future__ import annotations
@@ -129,10 +129,18 @@ class CodeBank(torch.nn.Module):
         """(n, R) codes -> (index of the nearest bank code, distance in units of its radius)."""
         return _nearest(codes, self.codes, self.radii)
 
-    def residual_deviations(self, log_residuals: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """(n,) log residual levels of patches whose nearest bank codes are `index` ->
-        (n,) |level - the level normal patches of that code have|."""
-        return (log_residuals - self.residual_levels[index]).abs()
+    def match(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(n, R) codes -> (n,) distance to the nearest bank code in units of its radius and
+        (n,) the residual level normal patches with such a code have (None without levels):
+        the levels of the two nearest codes of three shortlisted, weighted by `blend_weights`.
+        A patch between two bank codes then gets a level between theirs, and its score does
+        not jump (nor differ between runtimes) when rounding swaps two near-equal codes."""
+        candidates, exact = _shortlist(codes, self.codes, self.radii, 3)
+        if not self.has_residual:
+            return exact[:, 0], None
+        weights = blend_weights(exact)
+        pair = torch.cat([candidates, candidates[:, :1]], dim=1)[:, :2]  # k = 1: the one code twice
+        return exact[:, 0], (self.residual_levels[pair] * weights).sum(dim=1)
 
 
 @torch.inference_mode()
@@ -172,29 +180,54 @@ def build_bank(
     return CodeBank.from_codes(basis, torch.cat(codes), size, torch.cat(origins), levels)
 
 
-def _nearest(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For (n, R) points: the index of the centre minimising ||p - c_j|| / r_j, and that ratio.
+def _shortlist(
+    points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, size: int = 3
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For (n, R) points: the (n, k) indices of the k = min(size, M) centres with the smallest
+    ||p - c_j|| / r_j, nearest first, and those (n, k) ratios.
     With w_j = 1 / r_j^2, ||p - c_j||^2 w_j = ||p||^2 w_j + ||c_j||^2 w_j - 2 p.(c_j w_j): one
     matrix product of [p, ||p||^2] with [-2 c_j w_j; w_j] per block of DISTANCE_BLOCK points
     gives every scaled squared distance. That expanded form cancels badly when p is close to
-    c_j, so it only shortlists the best two; the exact distances decide between them (and
-    are returned). Two codes then swap only at a true tie: the choice does not hang on how
-    a matrix product rounds (an exported model agrees with this one)."""
+    c_j, so it only shortlists; the exact distances of the shortlisted centres order them (and
+    are returned), so the order does not hang on how a matrix product rounds."""
     weights = radii.square().reciprocal()  # (M,)
     offsets = (centres.square().sum(dim=1) * weights)[None]  # (1, M)
     factors = torch.cat([-2 * centres.T * weights, weights[None]])  # (R + 1, M)
-    shortlist = min(2, len(centres))
+    size = min(size, len(centres))
     candidates = []
     for i in range(0, len(points), DISTANCE_BLOCK):
         block = points[i : i + DISTANCE_BLOCK]
         lifted = torch.cat([block, block.square().sum(dim=1, keepdim=True)], dim=1)  # (b, R + 1)
-        candidates.append(torch.addmm(offsets, lifted, factors).topk(shortlist, dim=1, largest=False).indices)
+        candidates.append(torch.addmm(offsets, lifted, factors).topk(size, dim=1, largest=False).indices)
     if not candidates:
-        return torch.zeros(0, dtype=torch.long), points.new_zeros(0)
-    candidates = torch.cat(candidates)  # (n, 2)
-    exact = (points[:, None] - centres[candidates]).square().sum(dim=2).sqrt() / radii[candidates]  # (n, 2)
-    pick = exact.argmin(dim=1, keepdim=True)
-    return candidates.gather(1, pick)[:, 0], exact.gather(1, pick)[:, 0]
+        return torch.zeros(0, size, dtype=torch.long), points.new_zeros(0, size)
+    candidates = torch.cat(candidates)  # (n, k)
+    exact = (points[:, None] - centres[candidates]).square().sum(dim=2).sqrt() / radii[candidates]  # (n, k)
+    exact, order = exact.sort(dim=1)
+    return candidates.gather(1, order), exact
+
+
+def _nearest(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For (n, R) points: the index of the centre minimising ||p - c_j|| / r_j, and that ratio."""
+    candidates, exact = _shortlist(points, centres, radii, 2)
+    return candidates[:, 0], exact[:, 0]
+
+
+BLEND_EPSILON = 1e-12  # keeps the weight of a code the patch sits on finite (and dominant)
+
+
+def blend_weights(exact: torch.Tensor) -> torch.Tensor:
+    """(n, k) sorted distances to the shortlisted codes -> (n, 2) weights of the nearest two,
+    (d_k - d_i) / d_i^2 normalised (both 1/2 when all k are equal; k = 1: the one code).
+    A patch on a code takes that code's weight; at a tie of the first two both weigh the
+    same, and the second weighs nothing when it ties with the third: no weight jumps when
+    two codes swap places."""
+    if exact.shape[1] == 1:
+        return torch.cat([torch.ones_like(exact), torch.zeros_like(exact)], dim=1)
+    nearest = exact[:, :2]
+    weights = (exact[:, -1:] - nearest) / (nearest.square() + BLEND_EPSILON)
+    total = weights.sum(dim=1, keepdim=True)
+    return torch.where(total > 0, weights / total.clamp(min=1e-30), torch.full_like(weights, 0.5))
 
 
 def coreset(points: torch.Tensor, size: int) -> torch.Tensor:
