@@ -1,4 +1,5 @@
 import json
+from pathlib import Path, PurePath
 
 import numpy as np
 import pytest
@@ -192,7 +193,7 @@ def test_upre_alpha_is_near_the_oracle_alpha():
 def test_binned_alpha_curve_equals_the_per_coefficient_sums():
     """The alpha rules' residual and trace, summed over bins of log(dtd / |a|^2), against the
     exact per-coefficient sums in float64 (zeros of |a| and of dtd included)."""
-    from lista_cli.restoration.deblur import _ResidualCurve
+    from lista_cli.restoration.alpha import _CurveBins
 
     rng = np.random.default_rng(13)
     power = rng.random(5000) ** 4
@@ -200,7 +201,7 @@ def test_binned_alpha_curve_equals_the_per_coefficient_sums():
     dtd = rng.random(5000) * 8
     dtd[5:12] = 0.0  # the mean: never damped by the Laplacian (5, 6: both zero)
     energy = rng.random(5000)
-    curve = _ResidualCurve(power, dtd, energy, 0.5)
+    curve = _CurveBins(power, dtd).curve(energy, 0.5)
     for alpha in 10.0 ** np.linspace(-8, 3, 23):
         denominator = np.maximum(power + alpha * dtd, 1e-300)
         residual = 0.5 * np.sum((alpha * dtd / denominator) ** 2 * energy)
@@ -216,3 +217,53 @@ def test_dct_equals_scipy_orthonormal_dct(shape):
     x = np.random.default_rng(shape[0]).standard_normal(shape)
     np.testing.assert_allclose(dct2(x), dctn(x, norm="ortho"), atol=1e-12)
     np.testing.assert_allclose(idct2(x), idctn(x, norm="ortho"), atol=1e-12)
+
+
+def test_a_reused_deconvolver_equals_a_fresh_solve_per_image(rng):
+    """The cached diagonalisation (per image size) gives what a fresh solve gives, for
+    sizes that alternate, both boundary rules and every alpha rule."""
+    from lista_cli.restoration.deblur import Deconvolver
+
+    for spec, boundary, reg, rule in (
+        ("gaussian:1.5", "reflect", "laplacian", None),
+        ("motion:5,30", "reflect", "identity", "gcv"),
+        ("box:3", "periodic", "identity", "discrepancy"),
+    ):
+        blur = Blur(parse_psf(spec), boundary)
+        deconvolve = Deconvolver(blur, "auto", reg, rule=rule)
+        for shape in ((33, 40), (17, 29, 3), (33, 40), (64, 45)):
+            image = rng.random(shape)
+            again, fresh = deconvolve(image), tikhonov(image, blur, "auto", reg, rule=rule)
+            assert again.alpha == fresh.alpha
+            np.testing.assert_array_equal(again.image, fresh.image)
+
+
+def test_deblur_batch_reports_in_input_order_with_a_bad_image_between(tmp_path, rng):
+    """Reading ahead and writing behind (one I/O thread) keeps results and failures in the
+    order of the inputs, and a bad image still leaves every other output written."""
+    from lista_cli.io.inputs import InputImage
+    from lista_cli.restoration.restore import deblur_images
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    names = [f"{i:02d}" for i in range(7)]
+    for name in names:
+        if name in ("03", "06"):
+            (folder / f"{name}.png").write_bytes(b"not a png")
+        else:
+            Image.fromarray((rng.random((20, 23)) * 255).astype(np.uint8)).save(folder / f"{name}.png")
+    events = []
+    items = [InputImage(folder / f"{name}.png", PurePath(name)) for name in names]
+    summary = deblur_images(
+        items,
+        tmp_path / "out",
+        Blur(parse_psf("gaussian:1"), "reflect"),
+        on_result=lambda row: events.append(("ok", Path(row["image"]).stem)),
+        on_failure=lambda path, message: events.append(("bad", Path(path).stem)),
+        on_progress=lambda n: events.append(("progress", n)),
+    )
+    reported = [(kind, name) for kind, name in events if kind != "progress"]
+    assert reported == [("bad" if n in ("03", "06") else "ok", n) for n in names]
+    assert sum(n for kind, n in events if kind == "progress") == 7
+    assert summary.processed == 5 and [Path(p).stem for p, _ in summary.failures] == ["03", "06"]
+    assert sorted(p.stem for p in (tmp_path / "out").iterdir()) == ["00", "01", "02", "04", "05"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,8 +17,24 @@ from ..io.imageio import IMAGE_EXTENSIONS, bit_depth, read_image, save_image
 from ..io.inputs import InputImage
 from ..io.outputs import check_output_dir
 from .blur import Blur
-from .deblur import tikhonov
+from .deblur import Deconvolver
 from .quality import psnr, ssim
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+
+
+def keep_freed_memory() -> None:
+    """Let the C allocator keep freed blocks of up to 256 MB for reuse instead of handing
+    them back to the system. A 512² solve allocates a dozen 2 MB temporaries, and fresh
+    pages fault in one at a time: on the 2-core benchmark machine a 512² DCT took 3.3 ms
+    with this against 13-14 ms without. Peak memory is unchanged; freed memory stays with
+    the process until it exits. Does nothing where the C library has no glibc `mallopt`."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):
+        return
+    mallopt(M_MMAP_THRESHOLD, 256 << 20)
+    mallopt(M_TRIM_THRESHOLD, 512 << 20)
 
 
 @dataclass
@@ -43,25 +61,60 @@ def _each_image(
     on_failure: Callable[[str, str], None] | None,
     on_progress: Callable[[int], None] | None,
 ) -> BatchSummary:
+    """Read, `work` and write every image; results and failures are reported in input order.
+    One I/O thread reads the next image and writes the previous result while this thread
+    works on the current one (Pillow decodes and encodes PNG with the GIL released)."""
     started = time.perf_counter()
     check_output_dir(out_dir)
     summary = BatchSummary()
-    for item in images:
+
+    def read(item: InputImage) -> tuple[np.ndarray, int]:
+        return read_image(item.path), bit_depth(item.path)
+
+    def fail(item: InputImage, exc: ListaError) -> None:
+        message = str(exc) if str(item.path) in str(exc) else f"{item.path}: {exc}"
+        summary.failures.append((str(item.path), message))
+        if on_failure:
+            on_failure(str(item.path), message)
+
+    def settle(pending: tuple[InputImage, Future, dict[str, Any]] | None) -> None:
+        """Wait for a submitted write, then report its image."""
+        if pending is None:
+            return
+        item, written, info = pending
         try:
-            image = read_image(item.path)
-            restored, info = work(item, image)
-            output = out_dir / (item.name + ".png")
-            save_image(output, restored, bit_depth(item.path))
+            written.result()
+        except ListaError as exc:
+            fail(item, exc)
+        else:
             summary.processed += 1
             if on_result:
-                on_result({"image": str(item.path), "output": str(output), **info})
-        except ListaError as exc:
-            message = str(exc) if str(item.path) in str(exc) else f"{item.path}: {exc}"
-            summary.failures.append((str(item.path), message))
-            if on_failure:
-                on_failure(str(item.path), message)
+                on_result(info)
         if on_progress:
             on_progress(1)
+
+    with ThreadPoolExecutor(max_workers=1) as io_thread:
+        reads = [io_thread.submit(read, images[0])] if images else []
+        pending = None
+        for index, item in enumerate(images):
+            if index + 1 < len(images):
+                reads.append(io_thread.submit(read, images[index + 1]))
+            try:
+                image, bits = reads[index].result()
+                reads[index] = None  # the image is not kept once worked on
+                restored, info = work(item, image)
+            except ListaError as exc:
+                settle(pending)
+                pending = None
+                fail(item, exc)
+                if on_progress:
+                    on_progress(1)
+                continue
+            output = out_dir / (item.name + ".png")
+            settle(pending)
+            written = io_thread.submit(save_image, output, restored, bits)
+            pending = (item, written, {"image": str(item.path), "output": str(output), **info})
+        settle(pending)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -78,10 +131,12 @@ def deblur_images(
     **callbacks: Any,
 ) -> BatchSummary:
     """Tikhonov-deblur every image into `out_dir`; PSNR/SSIM when a reference is found."""
+    deconvolve = Deconvolver(blur, alpha, reg, noise_sigma, rule)
+    keep_freed_memory()
 
     def work(item: InputImage, image: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         started = time.perf_counter()
-        result = tikhonov(image, blur, alpha, reg, noise_sigma, rule)
+        result = deconvolve(image)
         restored = np.clip(result.image, 0.0, 1.0)
         info: dict[str, Any] = {
             "alpha": result.alpha,
