@@ -164,3 +164,15 @@ def test_match_level_is_continuous_where_nearest_codes_swap():
     # one code: its level; no levels: None
     assert float(CodeBank(torch.eye(2), centres[:1], None, torch.tensor([3.0])).match(walk[:4])[1].max()) == 3.0
     assert CodeBank(torch.eye(2), centres).match(walk[:4])[1] is None
+
+
+@pytest.mark.parametrize("columns", [2048, 256, 300, 7])
+def test_smallest_finds_the_k_smallest_values_as_a_full_sort_does(columns):
+    """The chunked search against a float64 sort, with ties among the smallest values."""
+    gen = torch.Generator().manual_seed(columns)
+    values = torch.randn(301, columns, generator=gen)
+    values[::5, -1] = values[::5].min(dim=1).values  # a tie for the smallest, in another chunk
+    for k in (1, 2, 3):
+        got = typicality._smallest(values, min(k, columns))
+        expected = values.double().sort(dim=1).values[:, : min(k, columns)]
+        torch.testing.assert_close(values.gather(1, got).double().sort(dim=1).values, expected)

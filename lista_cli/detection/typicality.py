@@ -198,13 +198,34 @@ def _shortlist(
     for i in range(0, len(points), DISTANCE_BLOCK):
         block = points[i : i + DISTANCE_BLOCK]
         lifted = torch.cat([block, block.square().sum(dim=1, keepdim=True)], dim=1)  # (b, R + 1)
-        candidates.append(torch.addmm(offsets, lifted, factors).topk(size, dim=1, largest=False).indices)
+        candidates.append(_smallest(torch.addmm(offsets, lifted, factors), size))
     if not candidates:
         return torch.zeros(0, size, dtype=torch.long), points.new_zeros(0, size)
     candidates = torch.cat(candidates)  # (n, k)
     exact = (points[:, None] - centres[candidates]).square().sum(dim=2).sqrt() / radii[candidates]  # (n, k)
     exact, order = exact.sort(dim=1)
     return candidates.gather(1, order), exact
+
+
+SEARCH_CHUNK = 64  # columns per chunk in `_smallest`
+
+
+def _smallest(values: torch.Tensor, k: int) -> torch.Tensor:
+    """(b, M) -> (b, k) column indices of each row's k smallest values (in no set order).
+
+    torch's topk over 2048 columns cost 1.5 ms per 512 rows here, most of a patch's code
+    search. The k smallest values lie in the k chunks of SEARCH_CHUNK columns whose minima
+    are smallest (each chunk holding one of them has its minimum at or below the k-th), so
+    chunk minima (a fast reduction), a topk over them and one over those k chunks give the
+    same k values for about a seventh of the time."""
+    rows, columns = values.shape
+    if columns % SEARCH_CHUNK or columns < 4 * SEARCH_CHUNK:
+        return values.topk(k, dim=1, largest=False).indices
+    chunks = values.view(rows, columns // SEARCH_CHUNK, SEARCH_CHUNK)
+    best = chunks.amin(dim=2).topk(k, dim=1, largest=False).indices  # (b, k) chunks
+    picked = chunks.gather(1, best[:, :, None].expand(-1, -1, SEARCH_CHUNK)).view(rows, -1)  # (b, k * chunk)
+    within = picked.topk(k, dim=1, largest=False).indices
+    return best.gather(1, within // SEARCH_CHUNK) * SEARCH_CHUNK + within % SEARCH_CHUNK
 
 
 def _nearest(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
