@@ -10,8 +10,11 @@ memory of a fresh process scoring one image. Also the default config (trained on
 and for it the whole `lista detect` process (start-up included) on 1 and 200 images.
 Then the same native models exported (`lista export`) and run by ONNX Runtime against
 PyTorch, in one process on the same decoded images: images/s of maps and decisions.
+Then `lista train` on a PIPED type (whole command, default config) and the deblur
+benchmark (`deblur_speed.py`: whole `lista deblur` command against `unsupervised_wiener`),
+so one run has every figure issue 13 names.
 
-    python benchmarks/speed.py [--sizes 128,256,512,1024] [--huge]
+    python benchmarks/speed.py [--sizes 128,256,512,1024] [--huge] [--train-set DIR]
 """
 
 from __future__ import annotations
@@ -38,6 +41,15 @@ from lista_cli.io.inputs import collect_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data" / "paper_BRG01"
+PIPED_TYPE = ROOT.parent / "shared" / "data" / "piped" / "PA_BDP01_TL"
+
+
+def train_seconds(data: Path, tmp: Path) -> float:
+    """`lista train DATA` as a user runs it (a fresh process, default config), in seconds."""
+    started = time.perf_counter()
+    run = [sys.executable, "-m", "lista_cli.cli", "train", str(data), "--out", str(tmp / "timed.pt"), "-q"]
+    subprocess.run(run, check=True)
+    return time.perf_counter() - started
 
 
 def forward_flops(detector, height: int, width: int) -> float:
@@ -153,6 +165,7 @@ def main() -> None:
     parser.add_argument("--huge", action="store_true", help="also one 8000x8000 gray image in tiles")
     parser.add_argument("--process-images", type=int, default=200, help="images of the whole-process run")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/speed.json"))
+    parser.add_argument("--train-set", type=Path, default=PIPED_TYPE, help="a category folder to time training on")
     args = parser.parse_args()
     torch.set_flush_denormal(True)
     rows = []
@@ -229,6 +242,11 @@ def main() -> None:
         onnx_process = whole_process(exported_default, tmp, args.process_images)
         print(onnx_process, file=sys.stderr, flush=True)
         onnx_rows = onnx_against_torch(models, tmp, [s for s in map(int, args.sizes.split(",")) if s <= 512])
+        training = {"set": args.train_set.name, "seconds": train_seconds(args.train_set, tmp)}
+        print(training, file=sys.stderr, flush=True)
+        deblur = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "deblur_speed.py")], capture_output=True, text=True, check=True
+        ).stdout.strip()
         if args.huge:
             folder = tmp / "huge"
             folder.mkdir()
@@ -280,12 +298,23 @@ def main() -> None:
         )
     if args.huge:
         print(f"\n8000x8000 gray (native, tiled): peak RSS {huge['peak_rss_mb']:.0f} MB, {huge['seconds']:.1f} s")
+    print(f"\nTraining, `lista train {args.train_set.name}` whole command, default config: {training['seconds']:.1f} s")
+    print(f"\nDeblurring (`benchmarks/deblur_speed.py`):\n\n{deblur}")
+    rate = [r["matmul_gflop_s"] for r in rows]
+    print(f"\nfloat32 matrix products measured in this run: {min(rate):.0f}–{max(rate):.0f} GFLOP/s")
     print(
         f"\nmachine: {torch.get_num_threads()} torch threads, torch {torch.__version__};"
         f" process baseline RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
     )
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    results = {"rows": rows, "whole_process": process, "onnx": onnx_rows, "onnx_whole_process": onnx_process}
+    results = {
+        "rows": rows,
+        "whole_process": process,
+        "onnx": onnx_rows,
+        "onnx_whole_process": onnx_process,
+        "training": training,
+        "deblur": deblur,
+    }
     args.json.write_text(json.dumps({**results, "huge": huge if args.huge else None}, indent=2))
 
 
