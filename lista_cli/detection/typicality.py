@@ -213,11 +213,11 @@ SEARCH_CHUNK = 64  # columns per chunk in `_smallest`
 def _smallest(values: torch.Tensor, k: int) -> torch.Tensor:
     """(b, M) -> (b, k) column indices of each row's k smallest values (in no set order).
 
-    torch's topk over 2048 columns cost 1.5 ms per 512 rows here, most of a patch's code
-    search. The k smallest values lie in the k chunks of SEARCH_CHUNK columns whose minima
-    are smallest (each chunk holding one of them has its minimum at or below the k-th), so
-    chunk minima (a fast reduction), a topk over them and one over those k chunks give the
-    same k values for about a seventh of the time."""
+    torch's topk over 2048 columns took 0.8-1.5 ms per 512 rows here, a quarter of the maps'
+    time. The k smallest values lie in the k chunks of SEARCH_CHUNK columns whose minima are
+    smallest (each chunk holding one of them has its minimum at or below the k-th), so chunk
+    minima (a fast reduction), a topk over them and one over those k chunks give the same k
+    values in 0.38 ms (two runs: 2.2x and 3.9x faster)."""
     rows, columns = values.shape
     if columns % SEARCH_CHUNK or columns < 4 * SEARCH_CHUNK:
         return values.topk(k, dim=1, largest=False).indices
