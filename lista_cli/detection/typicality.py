@@ -125,10 +125,6 @@ class CodeBank(torch.nn.Module):
         """(n, R) codes -> (n,) distance to the nearest bank code in units of its cell radius."""
         return _nearest(codes, self.codes, self.radii)[1]
 
-    def nearest(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(n, R) codes -> (index of the nearest bank code, distance in units of its radius)."""
-        return _nearest(codes, self.codes, self.radii)
-
     def match(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(n, R) codes -> (n,) distance to the nearest bank code in units of its radius and
         (n,) the residual level normal patches with such a code have (None without levels):
