@@ -103,6 +103,7 @@ class ScoreConfig:
     code_energy: float = _opt(0.97, low=0.0, high=1.0, open_low=True, open_high=True)
     sparse_share: float | None = _opt(None, low=0.0, high=1.0)
     residual_weight: float | None = _opt(None, low=0.0)
+    sparse_smoothing: str = _opt("auto", choices=("auto", "gaussian", "oriented"))
     context: bool = _opt(False)
 
 

@@ -136,12 +136,14 @@ def multiscale(setup, tmp_path_factory):
     return train_tiny(data, data.parent / "ms.pt", "--set", "data.scales=[1,2,3]")
 
 
-@pytest.mark.parametrize("which", ["default", "multiscale"])
+@pytest.mark.parametrize("which", ["default", "multiscale", "oriented"])
 def test_tiles_equal_the_whole_image(setup, multiscale, which, rng):
-    model = setup[0] if which == "default" else multiscale
+    model = multiscale if which == "multiscale" else setup[0]
     detector = load_checkpoint(model)
     detector.config.data.image_size = None
-    assert len(detector.scales) == (2 if which == "default" else 3)  # the default [1, 2], or [1, 2, 3]
+    if which == "oriented":  # S maps smoothed along trails: a wider reach, blocks of 2 px
+        detector.calibration.sparse_smoothing = "oriented"
+    assert len(detector.scales) == (3 if which == "multiscale" else 2)  # the default [1, 2], or [1, 2, 3]
     image = detector.prepare(texture(rng, 97, 83).astype(np.float32) / 255)  # sides not multiples of 2 or 3
     whole = detector.anomaly_maps(image[None])[0]
     detector.config.data.tile_size = 16

@@ -42,7 +42,7 @@ def _validation(informative: str, count: int = 6, size: int = 24, kinds=("sparse
 @pytest.mark.parametrize("informative, expected", [("sparse", 1.0), ("code", 0.0)])
 def test_the_informative_map_gets_the_whole_weight(informative, expected):
     components, validation = _validation(informative)
-    weights, share, residual, auroc = choose_weights(_detector(), validation, components)
+    weights, share, residual, auroc, _ = choose_weights(_detector(), validation, components)
     assert share == expected and residual == 0.0 and 0.7 < auroc < 1.0
     zero = (1, 3) if informative == "sparse" else (0, 2)
     assert all(weights[i] == 0 for i in zero) and all(w > 0 for i, w in enumerate(weights) if i not in zero)
@@ -77,7 +77,8 @@ def test_share_weights_scale_each_kind_of_map():
     assert RESIDUAL_WEIGHTS[0] == 0.0  # off wins ties
 
 
-def test_the_mix_score_equals_scoring_the_combined_maps():
+@pytest.mark.parametrize("smoothing", ["gaussian", "oriented"])
+def test_the_mix_score_equals_scoring_the_combined_maps(smoothing):
     """choose_weights scores mixes from per-component samples; scoring the full combined
     maps (smoothed, resized to the reference size) must give the same number."""
     gen = torch.Generator().manual_seed(17)
@@ -87,12 +88,47 @@ def test_the_mix_score_equals_scoring_the_combined_maps():
     validation = sampled(torch.zeros(count, 1, size, size), masks, [None] * 3 + ["a", "b", "a"], seed=1)
     detector = _detector(residual=True)
     detector.config.score.smooth_sigma = 1.5
+    detector.config.score.sparse_smoothing = smoothing
     components = [torch.rand(6, 17, 23, generator=gen) for _ in range(count)]  # not the reference size
     for index in range(3, count):
         components[index][:, 3:10, 8:14] += torch.rand(6, 1, 1, generator=gen)
     mix = choose_weights(detector, validation, components)
-    direct, _ = validation.score(detector.combine(torch.stack(components), mix.weights))
+    assert mix.sparse_smoothing == smoothing
+    direct, _ = validation.score(detector.combine(torch.stack(components), mix.weights, smoothing))
     assert mix.score == pytest.approx(direct, abs=1e-6)
+
+
+def _trail_or_spot(shape: str, count: int = 8, size: int = 64):
+    """S maps (both scales) of noise plus a faint defect, code maps of noise: a thin trail
+    at 22.5 degrees across the map, or a small square spot."""
+    gen = torch.Generator().manual_seed(5)
+    y, x = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    masks = torch.zeros(count, size, size, dtype=torch.bool)
+    for index in range(count // 2, count):
+        if shape == "trail":
+            offset = 12 + 4 * index
+            masks[index] = ((y - offset - 0.414 * x).abs() < 1.0) & (x > 8) & (x < 56)
+        else:
+            masks[index, 20 + index : 25 + index, 30:35] = True
+    components = []
+    for mask in masks:
+        maps = torch.rand(4, size, size, generator=gen)
+        maps[0] += 0.6 * mask
+        maps[2] += 0.6 * mask
+        components.append(maps)
+    family = [None] * (count // 2) + [shape] * (count - count // 2)
+    return components, sampled(torch.zeros(count, 1, size, size), masks, family, seed=0)
+
+
+@pytest.mark.parametrize("shape, expected", [("trail", "oriented"), ("spot", "gaussian")])
+def test_the_s_smoothing_follows_the_shape_of_the_validation_defects(shape, expected):
+    detector = _detector()
+    detector.config.score.smooth_sigma = 2.0
+    components, validation = _trail_or_spot(shape)
+    mix = choose_weights(detector, validation, components)
+    assert mix.sparse_smoothing == expected
+    detector.config.score.sparse_smoothing = "gaussian" if expected == "oriented" else "oriented"
+    assert choose_weights(detector, validation, components).score < mix.score  # the other one, forced
 
 
 def test_step_validation_reuses_the_bank_maps_and_scores_like_the_whole_detector():

@@ -45,6 +45,7 @@ VARIANTS = {
         "--set",
         "score.image_score=topk",
     ],
+    "oriented smoothing of S": ["--set", "score.sparse_smoothing=oriented"],
     "ALISTA, absolute thresholds, no bank, no smoothing": [
         "--set",
         "model.layer_type=alista",
@@ -108,6 +109,8 @@ def test_exported_model_with_an_automatic_working_size_below_one(tmp_path, rng):
     assert_same_results(detector, exported, arrays)
     detector.config.data.tile_size = 64  # tiles of the resized image, resized back after stitching
     assert_same_results(detector, OnnxDetector(export(detector, tmp_path / "tiles.onnx")), arrays)
+    detector.calibration.sparse_smoothing = "oriented"  # its wider reach in the runner's tile margin
+    assert_same_results(detector, OnnxDetector(export(detector, tmp_path / "oriented.onnx")), arrays)
 
 
 @pytest.fixture(scope="module")

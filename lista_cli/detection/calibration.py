@@ -76,9 +76,8 @@ def calibrate_detector(
     """Edge damping, image threshold and mask threshold, into detector.calibration."""
     cfg = detector.config
     maps = normal_maps(detector, fitting, held_out, cfg.train.seed)
-    width = edges.band_width(
-        cfg.patch.size, max(s.factor for s in detector.scales), cfg.score.smooth_sigma, min(min(m.shape) for m in maps)
-    )
+    coarsest = max(s.factor for s in detector.scales)
+    width = edges.band_width(cfg.patch.size, coarsest, detector.smoothing_reach, min(min(m.shape) for m in maps))
     rows, columns = edges.edge_profile(maps, width)
     calibration = detector.calibration
     calibration.edge_rows, calibration.edge_columns = rows, columns

@@ -31,6 +31,7 @@ class Calibration:
     edge_rows: list[float] = field(default_factory=list)  # damping by distance to the top/bottom edge
     edge_columns: list[float] = field(default_factory=list)  # ... and to the left/right edge
     image_scores: list[float] = field(default_factory=list)  # the normal scores the threshold came from
+    sparse_smoothing: str = "gaussian"  # how the sparse-part maps are smoothed (scoring.smooth_mix)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> Calibration:
@@ -224,11 +225,22 @@ class Detector(nn.Module):
         times the mix chosen in training (mixing.share_weights)."""
         return self.calibration.map_weights or [1.0] * len(self.kinds)
 
-    def combine(self, components: torch.Tensor, weights: list[float] | None = None) -> torch.Tensor:
-        """(B, M, h, w) component maps -> (B, h, w) smoothed anomaly map (weighted sum)."""
+    def combine(
+        self, components: torch.Tensor, weights: list[float] | None = None, sparse_smoothing: str | None = None
+    ) -> torch.Tensor:
+        """(B, M, h, w) component maps -> (B, h, w) smoothed anomaly map (weighted sum);
+        `weights` and `sparse_smoothing` default to the calibrated ones."""
         weights = self.map_weights if weights is None else weights
-        raw = sum(components[:, i] * w for i, w in enumerate(weights))
-        return scoring.gaussian_smooth(raw, self.config.score.smooth_sigma)
+        smoothing = self.calibration.sparse_smoothing if sparse_smoothing is None else sparse_smoothing
+        return scoring.smooth_mix(components, weights, self.kinds, self.config.score.smooth_sigma, smoothing)
+
+    @property
+    def smoothing_reach(self) -> int:
+        """How far (px at model resolution) smoothing carries a pixel's value."""
+        reach = math.ceil(3 * self.config.score.smooth_sigma)
+        if self.calibration.sparse_smoothing == "oriented":
+            reach = max(reach, scoring.line_reach())
+        return reach
 
     def anomaly_maps(self, images: torch.Tensor, noise: list[torch.Tensor] | None = None) -> torch.Tensor:
         """(B, C, h, w) images -> (B, h, w) smoothed anomaly maps (`noise`: see component_maps).

@@ -17,10 +17,10 @@ QUANTILE = 0.99
 MAX_SAMPLES = 1_000_000
 
 
-def band_width(patch: int, coarsest: int, smooth_sigma: float, shorter_side: int) -> int:
-    """Width D of the edge band: the reach of a coarsest-scale patch and the smoothing,
-    at most a quarter of the image's shorter side."""
-    return max(1, min(2 * patch * coarsest + round(3 * smooth_sigma), shorter_side // 4))
+def band_width(patch: int, coarsest: int, smoothing_reach: int, shorter_side: int) -> int:
+    """Width D of the edge band: the reach of a coarsest-scale patch and of the smoothing
+    (px), at most a quarter of the image's shorter side."""
+    return max(1, min(2 * patch * coarsest + smoothing_reach, shorter_side // 4))
 
 
 def _quantile(values: torch.Tensor) -> float:

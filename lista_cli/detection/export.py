@@ -29,7 +29,7 @@ from ..io.imageio import atomic_write
 from .detector import Detector
 from .onnx_graph import Graph, antialias_matrix, bilinear_matrix, crop, resize
 from .onnx_layers import scale_maps, sparse_grid_noise
-from .scoring import gaussian_kernel
+from .scoring import LINE_SIGMA_ACROSS, LINE_SIGMA_ALONG, gaussian_kernel, oriented_kernels
 
 OPSET = 18
 FORMAT = "lista-onnx"
@@ -132,17 +132,44 @@ def _smoothed_map(g: Graph, detector: Detector, image: str) -> str:
         fine = g.op("Resize", coarse, "", factors, mode="linear", coordinate_transformation_mode="half_pixel")
         fine = crop(g, fine, g.dim(image, 2), g.dim(image, 3))
         components += [g.op("Slice", fine, g.i64(i), g.i64(i + 1), g.i64(1)) for i in range(len(scale.kinds))]
+    kinds, weights = detector.kinds, detector.map_weights
+    oriented = detector.calibration.sparse_smoothing == "oriented"
     raw = None
-    for component, weight in zip(components, detector.map_weights, strict=True):
+    for component, weight, kind in zip(components, weights, kinds, strict=True):
+        if oriented and kind == "sparse":
+            continue
         term = g.op("Mul", component, g.const(weight))
         raw = term if raw is None else g.op("Add", raw, term)
-    sigma = detector.config.score.smooth_sigma
-    if sigma > 0:  # separable Gaussian with reflected borders (scoring.gaussian_smooth)
-        kernel = gaussian_kernel(sigma)
-        radius = len(kernel) // 2
-        padded = g.op("Pad", raw, g.i64(0, 0, radius, radius, 0, 0, radius, radius), mode="reflect")
-        raw = g.op("Conv", g.op("Conv", padded, g.const(kernel.view(1, 1, 1, -1))), g.const(kernel.view(1, 1, -1, 1)))
-    return raw
+    smoothed = None if raw is None else _gaussian(g, raw, detector.config.score.smooth_sigma)
+    if oriented:  # each S map smoothed along trails (scoring.smooth_mix)
+        for component, weight, kind in zip(components, weights, kinds, strict=True):
+            if kind == "sparse":
+                term = g.op("Mul", _oriented(g, component, image), g.const(weight))
+                smoothed = term if smoothed is None else g.op("Add", smoothed, term)
+    return smoothed
+
+
+def _gaussian(g: Graph, raw: str, sigma: float) -> str:
+    """Separable Gaussian with reflected borders (scoring.gaussian_smooth)."""
+    if sigma <= 0:
+        return raw
+    kernel = gaussian_kernel(sigma)
+    radius = len(kernel) // 2
+    padded = g.op("Pad", raw, g.i64(0, 0, radius, radius, 0, 0, radius, radius), mode="reflect")
+    return g.op("Conv", g.op("Conv", padded, g.const(kernel.view(1, 1, 1, -1))), g.const(kernel.view(1, 1, -1, 1)))
+
+
+def _oriented(g: Graph, component: str, image: str) -> str:
+    """(1, 1, h, w) -> (1, 1, h, w): scoring.oriented_smooth (2 x 2 block means, the largest
+    response of the elongated Gaussians, bilinear x2, cropped)."""
+    kernels = oriented_kernels(LINE_SIGMA_ALONG / 2, LINE_SIGMA_ACROSS / 2)
+    radius = kernels.shape[-1] // 2
+    half = _downsample(g, component, 2)
+    padded = g.op("Pad", half, g.i64(0, 0, radius, radius, 0, 0, radius, radius), mode="reflect")
+    filtered = g.op("ReduceMax", g.op("Conv", padded, g.const(kernels)), g.i64(1), keepdims=1)
+    factors = g.const([1.0, 1.0, 2.0, 2.0])
+    fine = g.op("Resize", filtered, "", factors, mode="linear", coordinate_transformation_mode="half_pixel")
+    return crop(g, fine, g.dim(image, 2), g.dim(image, 3))
 
 
 def _image_score(g: Graph, detector: Detector, anomaly_map: str) -> str:
@@ -264,6 +291,8 @@ def metadata(detector: Detector) -> dict[str, object]:
     coarsest = max(s.factor for s in detector.scales)
     sigma = cfg.score.smooth_sigma
     radius = max(1, math.ceil(3 * sigma)) if sigma > 0 else 0
+    if detector.calibration.sparse_smoothing == "oriented":  # its half-resolution reflected border
+        radius = max(radius, 2 * (len(oriented_kernels(LINE_SIGMA_ALONG / 2, LINE_SIGMA_ACROSS / 2)[0, 0]) // 2))
     size = cfg.data.image_size
     return {
         "format": f"{FORMAT} {FORMAT_VERSION}",
@@ -272,12 +301,14 @@ def metadata(detector: Detector) -> dict[str, object]:
         "image_size": size if isinstance(size, int) else "",
         "working_scale": "" if detector.working_scale is None else repr(detector.working_scale),
         # The working size must hold one patch at the coarsest scale (ceil(side / f) >= p)
-        # and exceed the smoothing's radius (its reflected border).
+        # and exceed the smoothing's radius (its reflected border; at half resolution for
+        # the oriented smoothing of S).
         "min_side": max((cfg.patch.size - 1) * coarsest + 1, radius + 1),
         "tile_size": cfg.data.tile_size,
         "factors": json.dumps([int(s.factor) for s in detector.scales]),
         "patch": json.dumps([cfg.patch.size, cfg.patch.stride]),
         "smooth_sigma": repr(cfg.score.smooth_sigma),
+        "smoothing_reach": detector.smoothing_reach,
         "image_score": json.dumps([cfg.score.image_score, cfg.score.top_k]),
         "edges": json.dumps([list(detector.calibration.edge_rows), list(detector.calibration.edge_columns)]),
         "min_region": cfg.score.min_region,

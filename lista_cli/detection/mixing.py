@@ -6,7 +6,9 @@ Each component is divided by its high quantile on normal pixels, so all share on
 maps by 1 - t and the residual-level maps by u (1 - t). Which map carries a texture's
 defects differs (S on paper, the code distance on periodic brick, the residual level where
 defects remove grain), so t and u are chosen on the validation set unless
-score.sparse_share and score.residual_weight fix them.
+score.sparse_share and score.residual_weight fix them. So is the smoothing of the S maps
+(score.sparse_smoothing): the Gaussian of the other maps, or oriented along thin trails
+(scoring.oriented_smooth).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .validation import ValidationSet
 
 SPARSE_SHARES = (0.5, 0.25, 0.75, 0.1, 0.9, 0.0, 1.0)  # candidate mixes; the first wins ties
 RESIDUAL_WEIGHTS = (0.0, 0.5, 1.0)  # candidate weights u of the residual-level maps; off wins ties
+SPARSE_SMOOTHINGS = ("gaussian", "oriented")  # candidate smoothings of the S maps; the first wins ties
 
 
 @torch.inference_mode()
@@ -50,6 +53,7 @@ class Mix(NamedTuple):
     sparse_share: float
     residual_weight: float
     score: float  # validation score
+    sparse_smoothing: str = "gaussian"
 
 
 class Samples(NamedTuple):
@@ -61,18 +65,24 @@ class Samples(NamedTuple):
     positives: dict[str, torch.Tensor]
 
 
-def sample_components(detector: Detector, validation: ValidationSet, components: list[torch.Tensor]) -> list[Samples]:
+def sample_components(
+    detector: Detector, validation: ValidationSet, components: list[torch.Tensor], sparse_smoothing: str = "gaussian"
+) -> list[Samples]:
     """Each component of the validation images' maps (`components`, one (M, h, w) per image)
-    smoothed and sampled once: smoothing, resizing to the reference size and sampling are
-    linear, so a mix's samples are the weighted sums of these (the same values as sampling
-    detector.combine's maps, up to rounding)."""
+    smoothed and sampled once: smoothing (per map, scoring.smooth_mix), resizing to the
+    reference size and sampling are linear in the weights, so a mix's samples are the
+    weighted sums of these (the same values as sampling detector.combine's maps, up to rounding)."""
     levels = component_levels([components[i] for i in validation.clean])
     stacked = torch.stack(components)  # (n, M, h, w)
     sigma = detector.config.score.smooth_sigma
-    return [
-        Samples(level, *validation.sample(scoring.gaussian_smooth(stacked[:, i], sigma)))
-        for i, level in enumerate(levels)
-    ]
+    samples = []
+    for i, (level, kind) in enumerate(zip(levels, detector.kinds, strict=True)):
+        if kind == "sparse" and sparse_smoothing == "oriented":
+            smoothed = scoring.oriented_smooth(stacked[:, i])
+        else:
+            smoothed = scoring.gaussian_smooth(stacked[:, i], sigma)
+        samples.append(Samples(level, *validation.sample(smoothed)))
+    return samples
 
 
 def best_mix(detector: Detector, validation: ValidationSet, samples: list[Samples]) -> Mix:
@@ -105,9 +115,16 @@ def best_mix(detector: Detector, validation: ValidationSet, samples: list[Sample
 
 
 def choose_weights(detector: Detector, validation: ValidationSet, components: list[torch.Tensor]) -> Mix:
-    """The best mix of the validation set's component maps (`components`, one per
-    validation image, at the model's size)."""
-    return best_mix(detector, validation, sample_components(detector, validation, components))
+    """The best mix and S-map smoothing of the validation set's component maps
+    (`components`, one per validation image, at the model's size)."""
+    choice = detector.config.score.sparse_smoothing
+    smoothings = SPARSE_SMOOTHINGS if choice == "auto" else (choice,)
+    best: Mix | None = None
+    for smoothing in smoothings:
+        mix = best_mix(detector, validation, sample_components(detector, validation, components, smoothing))
+        if best is None or mix.score > best.score:
+            best = mix._replace(sparse_smoothing=smoothing)
+    return best  # type: ignore[return-value]
 
 
 def validation_score(detector: Detector, validation: ValidationSet, shape: tuple[int, int]) -> float:

@@ -78,7 +78,8 @@ class OnnxDetector:
         patch, stride = json.loads(meta["patch"])
         grid = stride * math.lcm(*factors)
         self.tile = max(grid, self.tile_size // grid * grid)
-        margin = 2 * patch * max(factors) + math.ceil(3 * float(meta["smooth_sigma"]))
+        reach = meta.get("smoothing_reach") or math.ceil(3 * float(meta["smooth_sigma"]))  # older exports
+        margin = 2 * patch * max(factors) + int(reach)
         self.margin = math.ceil(margin / grid) * grid
         self.edges = json.loads(meta["edges"])
         self.image_score = json.loads(meta["image_score"])

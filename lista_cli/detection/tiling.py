@@ -28,7 +28,7 @@ def tiled_map(detector: Detector, image: torch.Tensor) -> torch.Tensor:
     height, width = image.shape[-2:]
     if height <= tile and width <= tile:
         return detector.anomaly_maps(image[None])[0]
-    margin = 2 * cfg.patch.size * coarsest + math.ceil(3 * cfg.score.smooth_sigma)
+    margin = 2 * cfg.patch.size * coarsest + detector.smoothing_reach
     margin = math.ceil(margin / grid) * grid
     # One noise scale per image scale for the whole image, from a sparser grid (<= 2^16 patches).
     noise = []

@@ -44,6 +44,7 @@ class TrainSummary:
     size_scores: dict[str, float] = field(default_factory=dict)  # validation score of each candidate size
     sparse_share: float = 1.0  # weight of the sparse-part maps against the code maps
     residual_weight: float = 0.0  # weight of the residual-level maps relative to the code maps
+    sparse_smoothing: str = "gaussian"  # smoothing of the sparse-part maps (score.sparse_smoothing)
     val_auroc: float = 0.0  # validation score of the combined map: mean pixel AUROC over defect families
     val_families: dict[str, float] = field(default_factory=dict)  # that map's pixel AUROC per defect family
     skipped: list[str] = field(default_factory=list)
@@ -182,8 +183,8 @@ def _mix_and_calibrate(detector: Detector, fitting, held_out, validation: Valida
     -> (the mix, the validation images' maps)."""
     components = component_maps(detector, validation.resized(shape))
     mix = choose_weights(detector, validation, components)
-    detector.calibration = Calibration(map_weights=mix.weights)
-    validation_maps = detector.combine(torch.stack(components), mix.weights)
+    detector.calibration = Calibration(map_weights=mix.weights, sparse_smoothing=mix.sparse_smoothing)
+    validation_maps = detector.combine(torch.stack(components))
     calibrate_detector(detector, fitting, held_out, validation_maps, validation)
     return mix, validation_maps
 
@@ -257,6 +258,7 @@ def train(
         size_scores=choice.scores,
         sparse_share=mix.sparse_share,
         residual_weight=mix.residual_weight,
+        sparse_smoothing=mix.sparse_smoothing,
         val_auroc=mix.score,
         val_families=validation.score(validation_maps)[1],
         skipped=skipped,
