@@ -34,12 +34,13 @@ def model(tmp_path_factory):
 
 def test_train_writes_a_loadable_self_describing_checkpoint(model):
     payload = torch.load(model, weights_only=True)
-    assert payload["format"] == "lista-checkpoint" and payload["format_version"] == 5
+    assert payload["format"] == "lista-checkpoint" and payload["format_version"] == 6
     assert payload["config"]["train"]["steps"] == 4
     extra = payload["state"]["_extra_state"]
     calibration = extra["calibration"]
     assert calibration["threshold"] > 0
     assert 0 < calibration["pixel_threshold"] <= calibration["threshold"]
+    assert calibration["sparse_smoothing"] in ("gaussian", "oriented")  # chosen on validation
     assert payload["config"]["data"]["image_size"] == "auto" and extra["working_scale"] == 1.0  # 37x45: own size
     # every training image is calibrated on (6 left out of the bank one at a time, 2 held out)
     assert len(calibration["image_scores"]) == 8
@@ -206,7 +207,7 @@ def as_format_4(detector) -> dict:
     }
 
 
-def test_checkpoint_keeps_the_code_bank_and_reads_formats_1_to_4(model, tmp_path, mvtec):
+def test_checkpoint_keeps_the_code_bank_and_reads_formats_1_to_5(model, tmp_path, mvtec):
     from lista_cli.detection.checkpoint import load_checkpoint
     from lista_cli.io.imageio import read_image
 
@@ -217,10 +218,18 @@ def test_checkpoint_keeps_the_code_bank_and_reads_formats_1_to_4(model, tmp_path
     assert sum(detector.map_weights) > 0 and bank.has_residual
     image = read_image(next((mvtec / "test" / "spot").iterdir()))
     with_bank = detector.detect_batch([image])[0].anomaly_map
-    # format 5 is the config and the detector's state_dict, nothing else
+    # formats 5 and 6 are the config and the detector's state_dict, nothing else
     payload = torch.load(model, weights_only=True)
     assert set(payload) == {"format", "format_version", "lista_version", "config", "state", "extra"}
     assert payload["state"].keys() == detector.state_dict().keys()
+    # format 5 did not name the S maps' smoothing: the Gaussian
+    payload["format_version"] = 5
+    payload["state"]["_extra_state"]["calibration"]["sparse_smoothing"] = "oriented"
+    torch.save(payload, tmp_path / "oriented.pt")
+    assert load_checkpoint(tmp_path / "oriented.pt").calibration.sparse_smoothing == "oriented"
+    del payload["state"]["_extra_state"]["calibration"]["sparse_smoothing"]
+    torch.save(payload, tmp_path / "v5.pt")
+    assert load_checkpoint(tmp_path / "v5.pt").calibration.sparse_smoothing == "gaussian"
     # a format-4 file (scales, calibration and context stored apart) scores the same
     torch.save(as_format_4(detector), tmp_path / "v4.pt")
     assert np.array_equal(load_checkpoint(tmp_path / "v4.pt").detect_batch([image])[0].anomaly_map, with_bank)
