@@ -109,10 +109,11 @@ def test_gaussian_smooth_equals_scipy(sigma, border, mode):
     np.testing.assert_allclose(got[0], ndimage.gaussian_filter(tiny[0], 3.3, mode="nearest", radius=10), atol=1e-12)
 
 
-def _oriented_reference(maps: np.ndarray, along: float, across: float, count: int = 8) -> np.ndarray:
-    """scoring.oriented_smooth in float64 numpy with explicit loops: 2 x 2 block means (partial
+def _line_contrast_reference(maps: np.ndarray, along: float, across: float, count: int = 8) -> np.ndarray:
+    """scoring.line_contrast in float64 numpy with explicit loops: 2 x 2 block means (partial
     blocks average what they have), each rotated Gaussian applied by direct summation over a
-    reflected border, the largest response, then bilinear x2 (half-pixel centres, clamped)."""
+    reflected border, the largest |response - the perpendicular direction's response|, then
+    bilinear x2 (half-pixel centres, clamped)."""
     import math
 
     height, width = maps.shape
@@ -123,7 +124,7 @@ def _oriented_reference(maps: np.ndarray, along: float, across: float, count: in
             half[i, j] = maps[2 * i : 2 * i + 2, 2 * j : 2 * j + 2].mean()
     radius = max(1, math.ceil(3 * along))
     padded = np.pad(half, radius, mode="reflect")
-    best = np.full((half_h, half_w), -np.inf)
+    responses = []
     for k in range(count):
         angle = math.pi * k / count
         weights = np.zeros((2 * radius + 1, 2 * radius + 1))
@@ -137,7 +138,10 @@ def _oriented_reference(maps: np.ndarray, along: float, across: float, count: in
         for dy in range(2 * radius + 1):
             for dx in range(2 * radius + 1):
                 response += weights[dy, dx] * padded[dy : dy + half_h, dx : dx + half_w]
-        best = np.maximum(best, response)
+        responses.append(response)
+    best = np.zeros((half_h, half_w))
+    for k in range(count):  # direction k and the one 90 degrees on
+        best = np.maximum(best, np.abs(responses[k] - responses[(k + count // 2) % count]))
 
     def source(index: int, length: int) -> tuple[int, int, float]:
         position = max((index + 0.5) / 2 - 0.5, 0.0)
@@ -156,16 +160,26 @@ def _oriented_reference(maps: np.ndarray, along: float, across: float, count: in
 
 
 @pytest.mark.parametrize("shape", [(37, 41), (64, 33)])
-def test_oriented_smooth_equals_a_direct_float64_reference(shape):
+def test_oriented_smooth_equals_scipy_gaussian_plus_a_direct_float64_line_contrast(shape):
     import torch
+    from scipy import ndimage
 
     from lista_cli.detection import scoring
 
     maps = np.random.default_rng(shape[0]).random((2, *shape))
-    got = scoring.oriented_smooth(torch.from_numpy(maps).float()).double().numpy()
+    got = scoring.oriented_smooth(torch.from_numpy(maps).float(), 2.0).double().numpy()
     along, across = scoring.LINE_SIGMA_ALONG / 2, scoring.LINE_SIGMA_ACROSS / 2
     for m, g in zip(maps, got, strict=True):
-        np.testing.assert_allclose(g, _oriented_reference(m, along, across), atol=2e-6)
+        gaussian = ndimage.gaussian_filter(m, 2.0, mode="mirror", radius=6)
+        np.testing.assert_allclose(g, gaussian + _line_contrast_reference(m, along, across), atol=2e-6)
+
+
+def _trail_and_spot(rng: np.random.Generator, count: int = 6, size: int = 96):
+    """Noise maps with a faint 2 px trail at 30 degrees and a round spot of the same height."""
+    y, x = np.mgrid[0:size, 0:size]
+    trail = (np.abs(y - 30 - 0.577 * x) < 1.0) & (x > 10) & (x < 85)
+    spot = np.exp(-((y - 75) ** 2 + (x - 30) ** 2) / (2 * 3.0**2))
+    return y, x, trail, rng.random((count, size, size)) + 0.4 * trail + 0.4 * spot
 
 
 def test_a_faint_trail_stands_out_more_after_oriented_smoothing_than_after_the_gaussian():
@@ -175,14 +189,29 @@ def test_a_faint_trail_stands_out_more_after_oriented_smoothing_than_after_the_g
 
     from lista_cli.detection import scoring
 
-    rng = np.random.default_rng(4)
-    y, x = np.mgrid[0:96, 0:96]
-    trail = (np.abs(y - 30 - 0.577 * x) < 1.0) & (x > 10) & (x < 85)  # 30 degrees, 2 px wide
-    maps = torch.from_numpy(rng.random((6, 96, 96)) + 0.4 * trail).float()
+    y, x, trail, maps = _trail_and_spot(np.random.default_rng(4))
+    maps = torch.from_numpy(maps).float()
 
     def separation(smoothed: torch.Tensor) -> float:
         values = smoothed.numpy()
-        far = np.abs(y - 30 - 0.577 * x) >= 12
+        far = (np.abs(y - 30 - 0.577 * x) >= 12) & (np.hypot(y - 75, x - 30) >= 12)
         return (values[:, trail].mean() - values[:, far].mean()) / values[:, far].std()
 
-    assert separation(scoring.oriented_smooth(maps)) > 1.5 * separation(scoring.gaussian_smooth(maps, 2.0))
+    assert separation(scoring.oriented_smooth(maps, 2.0)) > 1.25 * separation(scoring.gaussian_smooth(maps, 2.0))
+
+
+def test_a_thin_trail_gains_and_a_round_spot_keeps_its_peak():
+    """A direction and its perpendicular see a round spot alike where it peaks, so its
+    maximum stays the Gaussian's; a 2 px trail's rises by its line contrast."""
+    import torch
+
+    from lista_cli.detection import scoring
+
+    y, x = np.mgrid[0:80, 0:80]
+    trail = torch.from_numpy((np.abs(y - 40) < 1.0) * 1.0)[None].float()
+    assert float(scoring.oriented_smooth(trail, 2.0).max()) > 2 * float(scoring.gaussian_smooth(trail, 2.0).max())
+    for radius in (2.0, 4.0, 8.0):
+        spot = torch.from_numpy(np.exp(-((y - 40) ** 2 + (x - 41) ** 2) / (2 * radius**2)))[None].float()
+        gaussian, oriented = scoring.gaussian_smooth(spot, 2.0), scoring.oriented_smooth(spot, 2.0)
+        assert float(oriented.max()) < 1.05 * float(gaussian.max())
+        assert int(oriented.argmax()) == int(gaussian.argmax())

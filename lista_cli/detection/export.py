@@ -29,7 +29,7 @@ from ..io.imageio import atomic_write
 from .detector import Detector
 from .onnx_graph import Graph, antialias_matrix, bilinear_matrix, crop, resize
 from .onnx_layers import scale_maps, sparse_grid_noise
-from .scoring import LINE_SIGMA_ACROSS, LINE_SIGMA_ALONG, gaussian_kernel, oriented_kernels
+from .scoring import LINE_ORIENTATIONS, LINE_SIGMA_ACROSS, LINE_SIGMA_ALONG, gaussian_kernel, oriented_kernels
 
 OPSET = 18
 FORMAT = "lista-onnx"
@@ -132,20 +132,16 @@ def _smoothed_map(g: Graph, detector: Detector, image: str) -> str:
         fine = g.op("Resize", coarse, "", factors, mode="linear", coordinate_transformation_mode="half_pixel")
         fine = crop(g, fine, g.dim(image, 2), g.dim(image, 3))
         components += [g.op("Slice", fine, g.i64(i), g.i64(i + 1), g.i64(1)) for i in range(len(scale.kinds))]
-    kinds, weights = detector.kinds, detector.map_weights
-    oriented = detector.calibration.sparse_smoothing == "oriented"
     raw = None
-    for component, weight, kind in zip(components, weights, kinds, strict=True):
-        if oriented and kind == "sparse":
-            continue
+    for component, weight in zip(components, detector.map_weights, strict=True):
         term = g.op("Mul", component, g.const(weight))
         raw = term if raw is None else g.op("Add", raw, term)
-    smoothed = None if raw is None else _gaussian(g, raw, detector.config.score.smooth_sigma)
-    if oriented:  # each S map smoothed along trails (scoring.smooth_mix)
-        for component, weight, kind in zip(components, weights, kinds, strict=True):
+    smoothed = _gaussian(g, raw, detector.config.score.smooth_sigma)
+    if detector.calibration.sparse_smoothing == "oriented":  # plus each S map's line contrast
+        for component, weight, kind in zip(components, detector.map_weights, detector.kinds, strict=True):
             if kind == "sparse":
-                term = g.op("Mul", _oriented(g, component, image), g.const(weight))
-                smoothed = term if smoothed is None else g.op("Add", smoothed, term)
+                term = g.op("Mul", _line_contrast(g, component, image), g.const(weight))
+                smoothed = g.op("Add", smoothed, term)
     return smoothed
 
 
@@ -159,16 +155,19 @@ def _gaussian(g: Graph, raw: str, sigma: float) -> str:
     return g.op("Conv", g.op("Conv", padded, g.const(kernel.view(1, 1, 1, -1))), g.const(kernel.view(1, 1, -1, 1)))
 
 
-def _oriented(g: Graph, component: str, image: str) -> str:
-    """(1, 1, h, w) -> (1, 1, h, w): scoring.oriented_smooth (2 x 2 block means, the largest
-    response of the elongated Gaussians, bilinear x2, cropped)."""
+def _line_contrast(g: Graph, component: str, image: str) -> str:
+    """(1, 1, h, w) -> (1, 1, h, w): scoring.line_contrast (2 x 2 block means, the largest
+    |elongated Gaussian - the perpendicular one|, bilinear x2, cropped)."""
     kernels = oriented_kernels(LINE_SIGMA_ALONG / 2, LINE_SIGMA_ACROSS / 2)
-    radius = kernels.shape[-1] // 2
+    radius, pairs = kernels.shape[-1] // 2, LINE_ORIENTATIONS // 2
     half = _downsample(g, component, 2)
     padded = g.op("Pad", half, g.i64(0, 0, radius, radius, 0, 0, radius, radius), mode="reflect")
-    filtered = g.op("ReduceMax", g.op("Conv", padded, g.const(kernels)), g.i64(1), keepdims=1)
+    responses = g.op("Conv", padded, g.const(kernels))
+    along = g.op("Slice", responses, g.i64(0), g.i64(pairs), g.i64(1))
+    across = g.op("Slice", responses, g.i64(pairs), g.i64(2 * pairs), g.i64(1))
+    contrast = g.op("ReduceMax", g.op("Abs", g.op("Sub", along, across)), g.i64(1), keepdims=1)
     factors = g.const([1.0, 1.0, 2.0, 2.0])
-    fine = g.op("Resize", filtered, "", factors, mode="linear", coordinate_transformation_mode="half_pixel")
+    fine = g.op("Resize", contrast, "", factors, mode="linear", coordinate_transformation_mode="half_pixel")
     return crop(g, fine, g.dim(image, 2), g.dim(image, 3))
 
 

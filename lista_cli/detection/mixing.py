@@ -7,8 +7,8 @@ maps by 1 - t and the residual-level maps by u (1 - t). Which map carries a text
 defects differs (S on paper, the code distance on periodic brick, the residual level where
 defects remove grain), so t and u are chosen on the validation set unless
 score.sparse_share and score.residual_weight fix them. So is the smoothing of the S maps
-(score.sparse_smoothing): the Gaussian of the other maps, or oriented along thin trails
-(scoring.oriented_smooth).
+(score.sparse_smoothing): the Gaussian of the other maps, or that plus their contrast
+along thin trails (scoring.oriented_smooth).
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def sample_components(
     samples = []
     for i, (level, kind) in enumerate(zip(levels, detector.kinds, strict=True)):
         if kind == "sparse" and sparse_smoothing == "oriented":
-            smoothed = scoring.oriented_smooth(stacked[:, i])
+            smoothed = scoring.oriented_smooth(stacked[:, i], sigma)
         else:
             smoothed = scoring.gaussian_smooth(stacked[:, i], sigma)
         samples.append(Samples(level, *validation.sample(smoothed)))

@@ -35,17 +35,23 @@ def gaussian_smooth(maps: torch.Tensor, sigma: float, border: str = "reflect") -
 
 # Oriented smoothing of the sparse-part maps (score.sparse_smoothing): a thin crack or fibre
 # leaves a faint, broken trail in S that an isotropic blur dilutes with the texture around
-# it; an elongated Gaussian laid along the trail averages it with itself. The maps are
-# filtered at half resolution (2 x 2 block means, then bilinear x2 back), a quarter of the
-# pixels and an eighth of the kernel taps, which scored the same on the validation sets.
-LINE_ORIENTATIONS = 8  # directions 0, 22.5, ..., 157.5 degrees
+# it. An elongated Gaussian laid along the trail averages it with itself; laid across, it
+# dilutes it as much as along any other line. So the map is the Gaussian-smoothed map plus,
+# at each pixel, the largest difference between the elongated smoothing in one direction
+# and in the perpendicular one: along a trail, the trail's contrast; none where the map
+# looks the same in every direction (flat texture, the centre of a round spot, which so
+# keeps its peak; its flanks get a weaker ring). The elongated smoothing runs at half
+# resolution (2 x 2 block means, then bilinear x2 back), a quarter of the pixels and an
+# eighth of the kernel taps, which scored the same on the validation sets.
+LINE_ORIENTATIONS = 8  # directions 0, 22.5, ..., 157.5 degrees: four perpendicular pairs
 LINE_SIGMA_ALONG = 10.0  # px at model resolution
 LINE_SIGMA_ACROSS = 1.0
 
 
 def oriented_kernels(along: float, across: float, count: int = LINE_ORIENTATIONS) -> torch.Tensor:
     """(count, 1, k, k) normalised elongated Gaussians (sigma `along` the direction, `across`
-    it), directions count equal steps of 180 degrees, radius ceil(3 along)."""
+    it), directions count equal steps of 180 degrees (kernel i + count/2 is perpendicular to
+    kernel i), radius ceil(3 along)."""
     radius = max(1, math.ceil(3 * along))
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
     y, x = torch.meshgrid(offsets, offsets, indexing="ij")
@@ -60,23 +66,31 @@ def oriented_kernels(along: float, across: float, count: int = LINE_ORIENTATIONS
 
 
 def line_reach() -> int:
-    """How far (px) the oriented smoothing reaches: its half-resolution kernel radius, doubled,
-    plus the block and the bilinear step."""
+    """How far (px) the elongated smoothing reaches: its half-resolution kernel radius,
+    doubled, plus the block and the bilinear step."""
     return 2 * max(1, math.ceil(3 * LINE_SIGMA_ALONG / 2)) + 2
 
 
-def oriented_smooth(maps: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) maps -> at each pixel the largest of the maps smoothed by elongated Gaussians
-    in LINE_ORIENTATIONS directions, at half resolution. Blocks start at pixel 0 and the
-    upsampling is by exactly 2, so a tile at an even offset sees the whole image's values."""
+def line_contrast(maps: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) maps -> the largest |elongated smoothing in a direction - in the
+    perpendicular direction| over the LINE_ORIENTATIONS / 2 pairs, at half resolution.
+    Blocks start at pixel 0 and the upsampling is by exactly 2, so a tile at an even offset
+    sees the whole image's values."""
     height, width = maps.shape[-2:]
     half = F.avg_pool2d(maps[:, None], 2, ceil_mode=True)
     kernels = oriented_kernels(LINE_SIGMA_ALONG / 2, LINE_SIGMA_ACROSS / 2).to(maps.device, maps.dtype)
     radius = kernels.shape[-1] // 2
     mode = "reflect" if radius < min(half.shape[-2:]) else "replicate"
-    filtered = F.conv2d(F.pad(half, (radius,) * 4, mode=mode), kernels).amax(dim=1, keepdim=True)
-    fine = F.interpolate(filtered, scale_factor=2, mode="bilinear", align_corners=False)
+    responses = F.conv2d(F.pad(half, (radius,) * 4, mode=mode), kernels)
+    pairs = LINE_ORIENTATIONS // 2
+    contrast = (responses[:, :pairs] - responses[:, pairs:]).abs().amax(dim=1, keepdim=True)
+    fine = F.interpolate(contrast, scale_factor=2, mode="bilinear", align_corners=False)
     return fine[:, 0, :height, :width]
+
+
+def oriented_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(B, H, W) maps -> Gaussian-smoothed (sigma) plus their line contrast."""
+    return gaussian_smooth(maps, sigma) + line_contrast(maps)
 
 
 def smooth_mix(
@@ -84,16 +98,15 @@ def smooth_mix(
 ) -> torch.Tensor:
     """(B, M, h, w) component maps -> (B, h, w) weighted sum, smoothed: all of it by the
     Gaussian, or with sparse_smoothing "oriented" each sparse-part map by oriented_smooth
-    (it is not linear, so per map, as the validation samples them) and the rest by the Gaussian."""
+    (it is not linear, so per map, as the validation samples them)."""
     if sparse_smoothing == "gaussian":
         return gaussian_smooth(sum(components[:, i] * w for i, w in enumerate(weights)), sigma)
     if sparse_smoothing != "oriented":
         raise ValueError(f"unknown sparse smoothing {sparse_smoothing!r}")
-    other = [i for i, kind in enumerate(kinds) if kind != "sparse"]
-    smoothed = gaussian_smooth(sum(components[:, i] * weights[i] for i in other), sigma) if other else 0.0
+    smoothed = gaussian_smooth(sum(components[:, i] * w for i, w in enumerate(weights)), sigma)
     for i, kind in enumerate(kinds):
         if kind == "sparse":
-            smoothed = smoothed + weights[i] * oriented_smooth(components[:, i])
+            smoothed = smoothed + weights[i] * line_contrast(components[:, i])
     return smoothed
 
 
