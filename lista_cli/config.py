@@ -94,6 +94,7 @@ class CutPasteConfig:
 @dataclass
 class ScoreConfig:
     smooth_sigma: float = _opt(2.0, low=0.0)
+    code_smooth_sigma: float = _opt(4.0, low=0.0)
     image_score: str = _opt("max", choices=("max", "topk"))
     top_k: float = _opt(0.01, low=0.0, high=1.0, open_low=True)
     threshold_quantile: float = _opt(0.95, low=0.0, high=1.0)

@@ -228,8 +228,13 @@ def test_checkpoint_keeps_the_code_bank_and_reads_formats_1_to_5(model, tmp_path
     torch.save(payload, tmp_path / "oriented.pt")
     assert load_checkpoint(tmp_path / "oriented.pt").calibration.sparse_smoothing == "oriented"
     del payload["state"]["_extra_state"]["calibration"]["sparse_smoothing"]
+    # ... nor gave code maps their own smoothing: they keep the other maps' sigma
+    del payload["config"]["score"]["code_smooth_sigma"]
+    payload["config"]["score"]["smooth_sigma"] = 1.5
     torch.save(payload, tmp_path / "v5.pt")
-    assert load_checkpoint(tmp_path / "v5.pt").calibration.sparse_smoothing == "gaussian"
+    older = load_checkpoint(tmp_path / "v5.pt")
+    assert older.calibration.sparse_smoothing == "gaussian"
+    assert older.config.score.code_smooth_sigma == 1.5 and detector.config.score.code_smooth_sigma == 4.0
     # a format-4 file (scales, calibration and context stored apart) scores the same
     torch.save(as_format_4(detector), tmp_path / "v4.pt")
     assert np.array_equal(load_checkpoint(tmp_path / "v4.pt").detect_batch([image])[0].anomaly_map, with_bank)

@@ -8,6 +8,7 @@ transposed convolutions for folding, TopK for the median), not traced from it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -55,6 +56,8 @@ VARIANTS = {
         "score.bank_size=0",
         "--set",
         "score.smooth_sigma=0",
+        "--set",
+        "score.code_smooth_sigma=0",
         "--set",
         "data.scales=[1]",
     ],
@@ -256,12 +259,15 @@ def test_exported_file_carries_its_metadata(exported_model):
 
 def test_the_smallest_image_the_graph_scores(exported_model, rng):
     """Scales 1 and 1/2 with p px patches: 2p - 1 px is the least side whose coarse scale
-    holds a patch; one px less the checkpoint scores that scale as nothing, and the graph
-    refuses."""
+    holds a patch (one px less the checkpoint scores that scale as nothing), and the graph's
+    reflected Gaussian borders need more than the widest radius, ceil(3 sigma); below the
+    larger of the two the graph refuses."""
     _, checkpoint, model = exported_model
     detector, exported = load_checkpoint(checkpoint), OnnxDetector(model)
     assert detector.working_scale == 1.0 and detector.config.data.scales == [1, 2]
-    side = 2 * detector.config.patch.size - 1
+    score = detector.config.score
+    radius = math.ceil(3 * max(score.smooth_sigma, score.code_smooth_sigma))
+    side = max(2 * detector.config.patch.size - 1, radius + 1)
     smallest = rng.random((side, 41, 3), dtype=np.float32)
     exported.check_size(smallest, "smallest.png")
     assert_same_results(detector, exported, [smallest])

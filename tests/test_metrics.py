@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
@@ -215,3 +217,32 @@ def test_a_thin_trail_gains_and_a_round_spot_keeps_its_peak():
         gaussian, oriented = scoring.gaussian_smooth(spot, 2.0), scoring.oriented_smooth(spot, 2.0)
         assert float(oriented.max()) < 1.05 * float(gaussian.max())
         assert int(oriented.argmax()) == int(gaussian.argmax())
+
+
+def test_smooth_mix_smooths_each_kind_of_map_at_its_own_sigma():
+    """Against scipy: code and context maps at code_sigma, the others at sigma, summed with
+    their weights; the oriented smoothing adds each sparse map's line contrast."""
+    import torch
+    from scipy import ndimage
+
+    from lista_cli.detection import scoring
+
+    kinds = ["sparse", "code", "residual", "sparse", "code", "residual", "context"]
+    weights = [0.7, 1.3, 0.4, 2.0, 0.1, 0.9, 0.5]
+    maps = np.random.default_rng(11).random((1, len(kinds), 41, 37))
+    got = scoring.smooth_mix(torch.from_numpy(maps), weights, kinds, 1.5, "gaussian", 3.5).numpy()[0]
+    expected = sum(
+        w
+        * ndimage.gaussian_filter(
+            maps[0, i],
+            3.5 if k in ("code", "context") else 1.5,
+            mode="mirror",
+            radius=math.ceil(3 * (3.5 if k in ("code", "context") else 1.5)),
+        )
+        for i, (k, w) in enumerate(zip(kinds, weights, strict=True))
+    )
+    np.testing.assert_allclose(got, expected, atol=1e-10)
+    oriented = scoring.smooth_mix(torch.from_numpy(maps), weights, kinds, 1.5, "oriented", 3.5).numpy()[0]
+    along, across = scoring.LINE_SIGMA_ALONG / 2, scoring.LINE_SIGMA_ACROSS / 2
+    lines = sum(weights[i] * _line_contrast_reference(maps[0, i], along, across) for i in (0, 3))
+    np.testing.assert_allclose(oriented, expected + lines, atol=1e-6)

@@ -101,7 +101,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Det
             f" (format {FORMAT_VERSION}); retrain the model"
         )
     try:
-        config = from_dict(payload["config"])
+        stored = payload["config"]
+        score = stored.get("score", {}) if isinstance(stored, dict) else {}
+        if isinstance(score, dict) and "smooth_sigma" in score and "code_smooth_sigma" not in score:
+            # written before code maps had their own smoothing: they were smoothed like the rest
+            stored = {**stored, "score": {**score, "code_smooth_sigma": score["smooth_sigma"]}}
+        config = from_dict(stored)
         if payload["format_version"] >= 5:
             return Detector.from_state(config, payload["state"]).to(device)
         return _legacy_detector(payload, config).to(device)

@@ -232,12 +232,15 @@ class Detector(nn.Module):
         `weights` and `sparse_smoothing` default to the calibrated ones."""
         weights = self.map_weights if weights is None else weights
         smoothing = self.calibration.sparse_smoothing if sparse_smoothing is None else sparse_smoothing
-        return scoring.smooth_mix(components, weights, self.kinds, self.config.score.smooth_sigma, smoothing)
+        score = self.config.score
+        return scoring.smooth_mix(
+            components, weights, self.kinds, score.smooth_sigma, smoothing, score.code_smooth_sigma
+        )
 
     @property
     def smoothing_reach(self) -> int:
         """How far (px at model resolution) smoothing carries a pixel's value."""
-        reach = math.ceil(3 * self.config.score.smooth_sigma)
+        reach = math.ceil(3 * max(self.config.score.smooth_sigma, self.config.score.code_smooth_sigma))
         if self.calibration.sparse_smoothing == "oriented":
             reach = max(reach, scoring.line_reach())
         return reach

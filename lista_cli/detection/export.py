@@ -29,7 +29,14 @@ from ..io.imageio import atomic_write
 from .detector import Detector
 from .onnx_graph import Graph, antialias_matrix, bilinear_matrix, crop, resize
 from .onnx_layers import scale_maps, sparse_grid_noise
-from .scoring import LINE_ORIENTATIONS, LINE_SIGMA_ACROSS, LINE_SIGMA_ALONG, gaussian_kernel, oriented_kernels
+from .scoring import (
+    BROAD_KINDS,
+    LINE_ORIENTATIONS,
+    LINE_SIGMA_ACROSS,
+    LINE_SIGMA_ALONG,
+    gaussian_kernel,
+    oriented_kernels,
+)
 
 OPSET = 18
 FORMAT = "lista-onnx"
@@ -132,11 +139,16 @@ def _smoothed_map(g: Graph, detector: Detector, image: str) -> str:
         fine = g.op("Resize", coarse, "", factors, mode="linear", coordinate_transformation_mode="half_pixel")
         fine = crop(g, fine, g.dim(image, 2), g.dim(image, 3))
         components += [g.op("Slice", fine, g.i64(i), g.i64(i + 1), g.i64(1)) for i in range(len(scale.kinds))]
-    raw = None
-    for component, weight in zip(components, detector.map_weights, strict=True):
+    score = detector.config.score
+    groups: dict[float, str] = {}  # Gaussian sigma -> weighted sum of the maps it smooths
+    for component, weight, kind in zip(components, detector.map_weights, detector.kinds, strict=True):
+        sigma = score.code_smooth_sigma if kind in BROAD_KINDS else score.smooth_sigma
         term = g.op("Mul", component, g.const(weight))
-        raw = term if raw is None else g.op("Add", raw, term)
-    smoothed = _gaussian(g, raw, detector.config.score.smooth_sigma)
+        groups[sigma] = g.op("Add", groups[sigma], term) if sigma in groups else term
+    smoothed = None
+    for sigma, raw in groups.items():
+        term = _gaussian(g, raw, sigma)
+        smoothed = term if smoothed is None else g.op("Add", smoothed, term)
     if detector.calibration.sparse_smoothing == "oriented":  # plus each S map's line contrast
         for component, weight, kind in zip(components, detector.map_weights, detector.kinds, strict=True):
             if kind == "sparse":
@@ -288,7 +300,7 @@ def metadata(detector: Detector) -> dict[str, object]:
     """What a runner needs besides the graph: sizes it can score, thresholds, the config."""
     cfg = detector.config
     coarsest = max(s.factor for s in detector.scales)
-    sigma = cfg.score.smooth_sigma
+    sigma = max(cfg.score.smooth_sigma, cfg.score.code_smooth_sigma)
     radius = max(1, math.ceil(3 * sigma)) if sigma > 0 else 0
     if detector.calibration.sparse_smoothing == "oriented":  # its half-resolution reflected border
         radius = max(radius, 2 * (len(oriented_kernels(LINE_SIGMA_ALONG / 2, LINE_SIGMA_ACROSS / 2)[0, 0]) // 2))
@@ -307,6 +319,7 @@ def metadata(detector: Detector) -> dict[str, object]:
         "factors": json.dumps([int(s.factor) for s in detector.scales]),
         "patch": json.dumps([cfg.patch.size, cfg.patch.stride]),
         "smooth_sigma": repr(cfg.score.smooth_sigma),
+        "code_smooth_sigma": repr(cfg.score.code_smooth_sigma),
         "smoothing_reach": detector.smoothing_reach,
         "image_score": json.dumps([cfg.score.image_score, cfg.score.top_k]),
         "edges": json.dumps([list(detector.calibration.edge_rows), list(detector.calibration.edge_columns)]),

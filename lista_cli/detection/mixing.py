@@ -74,13 +74,13 @@ def sample_components(
     weighted sums of these (the same values as sampling detector.combine's maps, up to rounding)."""
     levels = component_levels([components[i] for i in validation.clean])
     stacked = torch.stack(components)  # (n, M, h, w)
-    sigma = detector.config.score.smooth_sigma
+    sigma, code_sigma = detector.config.score.smooth_sigma, detector.config.score.code_smooth_sigma
     samples = []
     for i, (level, kind) in enumerate(zip(levels, detector.kinds, strict=True)):
         if kind == "sparse" and sparse_smoothing == "oriented":
             smoothed = scoring.oriented_smooth(stacked[:, i], sigma)
         else:
-            smoothed = scoring.gaussian_smooth(stacked[:, i], sigma)
+            smoothed = scoring.gaussian_smooth(stacked[:, i], code_sigma if kind in scoring.BROAD_KINDS else sigma)
         samples.append(Samples(level, *validation.sample(smoothed)))
     return samples
 

@@ -93,20 +93,34 @@ def oriented_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return gaussian_smooth(maps, sigma) + line_contrast(maps)
 
 
+BROAD_KINDS = ("code", "context")  # one value per patch: smoothed with score.code_smooth_sigma
+
+
 def smooth_mix(
-    components: torch.Tensor, weights: list[float], kinds: list[str], sigma: float, sparse_smoothing: str
+    components: torch.Tensor,
+    weights: list[float],
+    kinds: list[str],
+    sigma: float,
+    sparse_smoothing: str,
+    code_sigma: float | None = None,
 ) -> torch.Tensor:
-    """(B, M, h, w) component maps -> (B, h, w) weighted sum, smoothed: all of it by the
-    Gaussian, or with sparse_smoothing "oriented" each sparse-part map by oriented_smooth
+    """(B, M, h, w) component maps -> (B, h, w) weighted sum, smoothed: the code and
+    context maps by a Gaussian of `code_sigma` (default `sigma`), the others by one of
+    `sigma`, and with sparse_smoothing "oriented" each sparse-part map's line contrast added
     (it is not linear, so per map, as the validation samples them)."""
-    if sparse_smoothing == "gaussian":
-        return gaussian_smooth(sum(components[:, i] * w for i, w in enumerate(weights)), sigma)
-    if sparse_smoothing != "oriented":
+    if sparse_smoothing not in ("gaussian", "oriented"):
         raise ValueError(f"unknown sparse smoothing {sparse_smoothing!r}")
-    smoothed = gaussian_smooth(sum(components[:, i] * w for i, w in enumerate(weights)), sigma)
-    for i, kind in enumerate(kinds):
-        if kind == "sparse":
-            smoothed = smoothed + weights[i] * line_contrast(components[:, i])
+    code_sigma = sigma if code_sigma is None else code_sigma
+    groups: dict[float, torch.Tensor] = {}
+    for i, (kind, weight) in enumerate(zip(kinds, weights, strict=True)):
+        level = code_sigma if kind in BROAD_KINDS else sigma
+        term = components[:, i] * weight
+        groups[level] = groups[level] + term if level in groups else term
+    smoothed = sum(gaussian_smooth(raw, level) for level, raw in groups.items())
+    if sparse_smoothing == "oriented":
+        for i, kind in enumerate(kinds):
+            if kind == "sparse":
+                smoothed = smoothed + weights[i] * line_contrast(components[:, i])
     return smoothed
 
 
