@@ -29,14 +29,7 @@ from ..io.imageio import atomic_write
 from .detector import Detector
 from .onnx_graph import Graph, antialias_matrix, bilinear_matrix, crop, resize
 from .onnx_layers import scale_maps, sparse_grid_noise
-from .scoring import (
-    BROAD_KINDS,
-    LINE_ORIENTATIONS,
-    LINE_SIGMA_ACROSS,
-    LINE_SIGMA_ALONG,
-    gaussian_kernel,
-    oriented_kernels,
-)
+from .scoring import LINE_ORIENTATIONS, gaussian_kernel, kind_sigma, line_kernels, line_radius
 
 OPSET = 18
 FORMAT = "lista-onnx"
@@ -142,7 +135,7 @@ def _smoothed_map(g: Graph, detector: Detector, image: str) -> str:
     score = detector.config.score
     groups: dict[float, str] = {}  # Gaussian sigma -> weighted sum of the maps it smooths
     for component, weight, kind in zip(components, detector.map_weights, detector.kinds, strict=True):
-        sigma = score.code_smooth_sigma if kind in BROAD_KINDS else score.smooth_sigma
+        sigma = kind_sigma(kind, score.smooth_sigma, score.code_smooth_sigma)
         term = g.op("Mul", component, g.const(weight))
         groups[sigma] = g.op("Add", groups[sigma], term) if sigma in groups else term
     smoothed = None
@@ -170,11 +163,10 @@ def _gaussian(g: Graph, raw: str, sigma: float) -> str:
 def _line_contrast(g: Graph, component: str, image: str) -> str:
     """(1, 1, h, w) -> (1, 1, h, w): scoring.line_contrast (2 x 2 block means, the largest
     |elongated Gaussian - the perpendicular one|, bilinear x2, cropped)."""
-    kernels = oriented_kernels(LINE_SIGMA_ALONG / 2, LINE_SIGMA_ACROSS / 2)
-    radius, pairs = kernels.shape[-1] // 2, LINE_ORIENTATIONS // 2
+    radius, pairs = line_radius(), LINE_ORIENTATIONS // 2
     half = _downsample(g, component, 2)
     padded = g.op("Pad", half, g.i64(0, 0, radius, radius, 0, 0, radius, radius), mode="reflect")
-    responses = g.op("Conv", padded, g.const(kernels))
+    responses = g.op("Conv", padded, g.const(line_kernels()))
     along = g.op("Slice", responses, g.i64(0), g.i64(pairs), g.i64(1))
     across = g.op("Slice", responses, g.i64(pairs), g.i64(2 * pairs), g.i64(1))
     contrast = g.op("ReduceMax", g.op("Abs", g.op("Sub", along, across)), g.i64(1), keepdims=1)
@@ -303,7 +295,7 @@ def metadata(detector: Detector) -> dict[str, object]:
     sigma = max(cfg.score.smooth_sigma, cfg.score.code_smooth_sigma)
     radius = max(1, math.ceil(3 * sigma)) if sigma > 0 else 0
     if detector.calibration.sparse_smoothing == "oriented":  # its half-resolution reflected border
-        radius = max(radius, 2 * (len(oriented_kernels(LINE_SIGMA_ALONG / 2, LINE_SIGMA_ACROSS / 2)[0, 0]) // 2))
+        radius = max(radius, 2 * line_radius())
     size = cfg.data.image_size
     return {
         "format": f"{FORMAT} {FORMAT_VERSION}",

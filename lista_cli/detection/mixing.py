@@ -80,7 +80,7 @@ def sample_components(
         if kind == "sparse" and sparse_smoothing == "oriented":
             smoothed = scoring.oriented_smooth(stacked[:, i], sigma)
         else:
-            smoothed = scoring.gaussian_smooth(stacked[:, i], code_sigma if kind in scoring.BROAD_KINDS else sigma)
+            smoothed = scoring.gaussian_smooth(stacked[:, i], scoring.kind_sigma(kind, sigma, code_sigma))
         samples.append(Samples(level, *validation.sample(smoothed)))
     return samples
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -65,10 +66,21 @@ def oriented_kernels(along: float, across: float, count: int = LINE_ORIENTATIONS
     return torch.stack(kernels)[:, None].float()
 
 
+@functools.cache
+def line_kernels() -> torch.Tensor:
+    """The elongated Gaussians line_contrast applies at half resolution (built once)."""
+    return oriented_kernels(LINE_SIGMA_ALONG / 2, LINE_SIGMA_ACROSS / 2)
+
+
+def line_radius() -> int:
+    """The half-resolution kernels' radius (px there)."""
+    return line_kernels().shape[-1] // 2
+
+
 def line_reach() -> int:
     """How far (px) the elongated smoothing reaches: its half-resolution kernel radius,
     doubled, plus the block and the bilinear step."""
-    return 2 * max(1, math.ceil(3 * LINE_SIGMA_ALONG / 2)) + 2
+    return 2 * line_radius() + 2
 
 
 def line_contrast(maps: torch.Tensor) -> torch.Tensor:
@@ -78,8 +90,7 @@ def line_contrast(maps: torch.Tensor) -> torch.Tensor:
     sees the whole image's values."""
     height, width = maps.shape[-2:]
     half = F.avg_pool2d(maps[:, None], 2, ceil_mode=True)
-    kernels = oriented_kernels(LINE_SIGMA_ALONG / 2, LINE_SIGMA_ACROSS / 2).to(maps.device, maps.dtype)
-    radius = kernels.shape[-1] // 2
+    kernels, radius = line_kernels().to(maps.device, maps.dtype), line_radius()
     mode = "reflect" if radius < min(half.shape[-2:]) else "replicate"
     responses = F.conv2d(F.pad(half, (radius,) * 4, mode=mode), kernels)
     pairs = LINE_ORIENTATIONS // 2
@@ -94,6 +105,11 @@ def oriented_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 BROAD_KINDS = ("code", "context")  # one value per patch: smoothed with score.code_smooth_sigma
+
+
+def kind_sigma(kind: str, sigma: float, code_sigma: float) -> float:
+    """The Gaussian sigma of a component map of this kind."""
+    return code_sigma if kind in BROAD_KINDS else sigma
 
 
 def smooth_mix(
@@ -113,7 +129,7 @@ def smooth_mix(
     code_sigma = sigma if code_sigma is None else code_sigma
     groups: dict[float, torch.Tensor] = {}
     for i, (kind, weight) in enumerate(zip(kinds, weights, strict=True)):
-        level = code_sigma if kind in BROAD_KINDS else sigma
+        level = kind_sigma(kind, sigma, code_sigma)
         term = components[:, i] * weight
         groups[level] = groups[level] + term if level in groups else term
     smoothed = sum(gaussian_smooth(raw, level) for level, raw in groups.items())
