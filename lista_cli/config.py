@@ -71,7 +71,7 @@ class TrainConfig:
     weight_decay: float = _opt(0.0, low=0.0)
     beta: float = _opt(0.1, low=0.0)
     cutpaste_share: float = _opt(0.5, low=0.0, high=1.0)
-    defects: str = _opt("cutpaste", choices=("cutpaste", "all"))
+    defects: str = _opt("all", choices=("cutpaste", "all"))
     holdout: float = _opt(0.2, low=0.0, high=0.9, open_low=True)
     val_every: int = _opt(25, low=1)
     validation_defects: str = _opt("all", choices=("all", "both", "drawn", "cutpaste"))
