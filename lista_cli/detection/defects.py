@@ -1,8 +1,10 @@
-"""Synthetic defects for validation, of other families than the CutPaste the model trains on.
+"""Synthetic defects drawn into normal images, of other families than CutPaste.
 
-Training learns from CutPaste; choosing the kept step, the map mix and the working scale on
-the same kind of defect would reward over-fitting to it, and real defects come in many
-kinds. Families (each returns the augmented image and its mask):
+Validation scores every family (with CutPaste) and chooses the kept step, the map mix and
+the working scale on their mean, so no single kind of defect decides. With
+`train.defects: all` (the default) training also gives half of its defective crops a
+family drawn from these, while validation draws them on held-out images it never trained on.
+Real defects come in many kinds. Families (each returns the augmented image and its mask):
     scratch    thin polyline a little darker or brighter than the texture
     stain      soft blob of shifted brightness
     crack      thin dark random walk, 1-2.5 px wide in the image's own pixels (not scaled)
