@@ -144,8 +144,9 @@ def train_layers(
 ) -> ScaleSummary:
     """Defect-supervised training (CutPaste and drawn families, see training_defect) of one
     scale's unfolded layers on the training images downsampled by its factor. Validation
-    scores the validation images (resized to the working `shape`) through this scale alone and keeps the step with the best score, the
-    untrained model (step 0) included, so training never makes the scale worse on it."""
+    scores the validation images (resized to the working `shape`) through this scale alone
+    and keeps the step with the best score, the untrained model (step 0) included, so
+    training never makes the scale worse on it."""
     cfg, model, factor = config, scale.model, scale.factor
     rng = torch.Generator().manual_seed(cfg.train.seed + factor - 1)
     small = [downsample(t[None], factor)[0] for t in images]
