@@ -99,10 +99,11 @@ SPREAD_KEYS = ("pixel_auroc", "image_auroc", "aupro", "good_flagged")  # the see
 def _mean(values: list) -> object:
     """Mean of numbers (None and NaN ignored; NaN if there are none), recursively of dicts
     with the same keys; other values are taken from the first."""
-    if isinstance(values[0], dict):
-        return {key: _mean([v[key] for v in values if key in v]) for key in values[0]}
-    if isinstance(values[0], bool) or not isinstance(values[0], (int, float)) and values[0] is not None:
-        return values[0]
+    first = values[0]
+    if isinstance(first, dict):
+        return {key: _mean([v[key] for v in values if key in v]) for key in first}
+    if isinstance(first, bool) or (first is not None and not isinstance(first, (int, float))):
+        return first
     numbers = [float(v) for v in values if v is not None and not np.isnan(v)]
     return float(np.mean(numbers)) if numbers else float("nan")
 
