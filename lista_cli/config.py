@@ -106,6 +106,7 @@ class ScoreConfig:
     residual_weight: float | None = _opt(None, low=0.0)
     sparse_smoothing: str = _opt("auto", choices=("auto", "gaussian", "oriented"))
     context: bool = _opt(False)
+    level_damping: bool = _opt(True)
 
 
 @dataclass

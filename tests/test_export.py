@@ -251,7 +251,7 @@ def test_exported_file_carries_its_metadata(exported_model):
     _, checkpoint, model = exported_model
     meta = {p.key: p.value for p in onnx.load(str(model)).metadata_props}
     detector = load_checkpoint(checkpoint)
-    assert meta["format"] == "lista-onnx 1"
+    assert meta["format"] == "lista-onnx 2"
     assert float(meta["threshold"]) == pytest.approx(detector.threshold)
     assert json.loads(meta["config"])["patch"]["size"] == detector.config.patch.size
     onnx.checker.check_model(onnx.load(str(model)), full_check=True)

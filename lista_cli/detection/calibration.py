@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from . import edges
+from . import edges, levels
 from .detector import Detector
 from .validation import ValidationSet
 
@@ -73,7 +73,8 @@ def calibrate_detector(
     validation_maps: torch.Tensor,
     validation: ValidationSet,
 ) -> None:
-    """Edge damping, image threshold and mask threshold, into detector.calibration."""
+    """Edge damping, level damping, image threshold and mask threshold, into
+    detector.calibration."""
     cfg = detector.config
     maps = normal_maps(detector, fitting, held_out, cfg.train.seed)
     coarsest = max(s.factor for s in detector.scales)
@@ -81,8 +82,11 @@ def calibrate_detector(
     rows, columns = edges.edge_profile(maps, width)
     calibration = detector.calibration
     calibration.edge_rows, calibration.edge_columns = rows, columns
-    scores = torch.cat([detector.image_scores(detector.damp_edges(m[None])) for m in maps])
+    if cfg.score.level_damping:
+        normal_levels = [float(levels.map_levels(detector.damp_edges(m[None]))[0]) for m in maps]
+        calibration.level_reference, calibration.level_cap = levels.level_reference(normal_levels)
+    scores = torch.cat([detector.image_scores(detector.damp(m[None])) for m in maps])
     calibration.image_scores = scores.double().tolist()
     calibration.threshold = calibrate(scores, cfg.score.threshold_quantile, cfg.score.threshold_margin)
-    level = pixel_threshold(detector.damp_edges(validation_maps), validation)
+    level = pixel_threshold(detector.damp(validation_maps), validation)
     calibration.pixel_threshold = min(level, calibration.threshold)

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..config import Config
 from ..io.imageio import ImageError, working_shape
-from . import edges, patches, scoring, tiling
+from . import edges, levels, patches, scoring, tiling
 from .context import ContextBank
 from .model import UnfoldedISTA
 from .regions import Result, decide
@@ -31,6 +31,8 @@ class Calibration:
     edge_rows: list[float] = field(default_factory=list)  # damping by distance to the top/bottom edge
     edge_columns: list[float] = field(default_factory=list)  # ... and to the left/right edge
     image_scores: list[float] = field(default_factory=list)  # the normal scores the threshold came from
+    level_reference: float | None = None  # median level of normal maps (levels.py); None: no level damping
+    level_cap: float = 1.0  # the largest level / reference among normal maps
     sparse_smoothing: str = "gaussian"  # how the sparse-part maps are smoothed (scoring.smooth_mix)
 
     @classmethod
@@ -259,6 +261,11 @@ class Detector(nn.Module):
         """(B, h, w) whole-image maps with the image edges damped as normal images need."""
         return edges.damp_edges(maps, self.calibration.edge_rows, self.calibration.edge_columns)
 
+    def damp(self, maps: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) whole-image maps damped at the edges, then by their own level
+        (levels.py) as far as normal images need."""
+        return levels.damp_level(self.damp_edges(maps), self.calibration.level_reference, self.calibration.level_cap)
+
     def image_scores(self, maps: torch.Tensor) -> torch.Tensor:
         return scoring.image_scores(maps, self.config.score.image_score, self.config.score.top_k)
 
@@ -299,7 +306,7 @@ class Detector(nn.Module):
                 maps = torch.stack([self.tiled_map(prepared[i]) for i in indices])
             else:
                 maps = self.anomaly_maps(torch.stack([prepared[i] for i in indices]))
-            maps = self.damp_edges(maps)
+            maps = self.damp(maps)
             for row, index in enumerate(indices):
                 height, width = arrays[index].shape[:2]
                 full = maps[row]

@@ -33,7 +33,7 @@ from .scoring import LINE_ORIENTATIONS, gaussian_kernel, kind_sigma, line_kernel
 
 OPSET = 18
 FORMAT = "lista-onnx"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the level damping (levels.py)
 INT64_MAX = 2**63 - 1
 LUMA = (0.299, 0.587, 0.114)  # imageio.to_channels: RGB to gray by ITU-R 601 luma
 
@@ -90,6 +90,16 @@ def _edge_divisor(g: Graph, length: str, profile: list[float]) -> str:
     distance = g.op("Min", position, g.op("Sub", g.op("Sub", length, g.const(1, np.int64)), position))
     distance = g.op("Min", distance, g.const(len(profile), np.int64))
     return g.op("Gather", g.const(profile + [1.0]), distance)
+
+
+def _level_damped(g: Graph, anomaly: str, reference: float, cap: float) -> str:
+    """(h, w) map divided by clamp(its lower median / reference, 1, cap) (levels.damp_level)."""
+    flat = g.op("Reshape", anomaly, g.i64(-1))
+    count = g.op("Div", g.op("Add", g.op("Size", flat), g.const(1, np.int64)), g.const(2, np.int64))
+    lowest = g.op("TopK", flat, g.op("Unsqueeze", count, g.i64(0)), outputs=2, largest=0, sorted=1)[0]
+    level = g.op("ReduceMax", lowest, keepdims=0)
+    divisor = g.op("Clip", g.op("Div", level, g.const(reference)), g.const(1.0), g.const(cap))
+    return g.op("Div", anomaly, divisor)
 
 
 def _input_image(g: Graph, detector: Detector) -> str:
@@ -203,6 +213,9 @@ def _scored(g: Graph, detector: Detector, image: str, size: tuple[str, str] | No
         rows = g.op("Unsqueeze", _edge_divisor(g, work_h, list(calibration.edge_rows)), g.i64(1))
         columns = g.op("Unsqueeze", _edge_divisor(g, work_w, list(calibration.edge_columns)), g.i64(0))
         anomaly = g.op("Where", "tile", anomaly, g.op("Div", anomaly, g.op("Max", rows, columns)))
+    if calibration.level_reference is not None:
+        reference, cap = calibration.level_reference, calibration.level_cap
+        anomaly = g.branch("tile", lambda b: [anomaly], lambda b: [_level_damped(b, anomaly, reference, cap)], [2])[0]
     if size is not None:
         height, width = g.dim(image, 2), g.dim(image, 3)
 
@@ -315,6 +328,7 @@ def metadata(detector: Detector) -> dict[str, object]:
         "smoothing_reach": detector.smoothing_reach,
         "image_score": json.dumps([cfg.score.image_score, cfg.score.top_k]),
         "edges": json.dumps([list(detector.calibration.edge_rows), list(detector.calibration.edge_columns)]),
+        "level": json.dumps([detector.calibration.level_reference, detector.calibration.level_cap]),
         "min_region": cfg.score.min_region,
         "threshold": repr(detector.threshold),
         "pixel_threshold": repr(detector.pixel_threshold),

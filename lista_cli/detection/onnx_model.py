@@ -24,7 +24,7 @@ from ..io.imageio import ImageError, working_shape
 from .regions import Result, decide
 
 FORMAT = "lista-onnx"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the level damping (levels.py)
 
 
 class OnnxModelError(ListaError):
@@ -82,6 +82,7 @@ class OnnxDetector:
         margin = 2 * patch * max(factors) + int(reach)
         self.margin = math.ceil(margin / grid) * grid
         self.edges = json.loads(meta["edges"])
+        self.level = json.loads(meta.get("level", "[null, 1.0]"))  # format 1: no level damping
         self.image_score = json.loads(meta["image_score"])
 
     @property
@@ -139,7 +140,7 @@ class OnnxDetector:
                 stitched[top : top + core_h, left : left + core_w] = tile_map[
                     top - y0 : top - y0 + core_h, left - x0 : left - x0 + core_w
                 ]
-        anomaly_map = damp_edges(stitched, *self.edges)
+        anomaly_map = damp_level(damp_edges(stitched, *self.edges), *self.level)
         if anomaly_map.shape != image.shape[:2]:
             anomaly_map = bilinear_resize(anomaly_map, image.shape[:2])
         return anomaly_map, image_score(anomaly_map, *self.image_score)
@@ -169,6 +170,17 @@ def damp_edges(anomaly_map: np.ndarray, rows: list[float], columns: list[float])
 
     height, width = anomaly_map.shape
     return anomaly_map / np.maximum(divisor(height, rows)[:, None], divisor(width, columns)[None, :])
+
+
+def damp_level(anomaly_map: np.ndarray, reference: float | None, cap: float) -> np.ndarray:
+    """levels.damp_level: divide by clamp(the map's lower median / reference, 1, cap)."""
+    if reference is None:
+        return anomaly_map
+    flat = anomaly_map.reshape(-1)
+    middle = (flat.size + 1) // 2 - 1
+    level = np.partition(flat, middle)[middle]
+    divisor = np.clip(level / np.float32(reference), np.float32(1.0), np.float32(cap)).astype(np.float32)
+    return anomaly_map / divisor
 
 
 def _bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:

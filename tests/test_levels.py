@@ -1,0 +1,62 @@
+"""Level damping: a map hotter as a whole than normal maps is divided by its own level,
+at most as far as the hottest normal map."""
+
+import numpy as np
+import torch
+
+from lista_cli.detection.levels import damp_level, level_reference, map_levels
+from lista_cli.detection.onnx_model import damp_level as damp_level_numpy
+
+
+def test_map_levels_are_the_lower_median_at_odd_and_even_sizes():
+    gen = torch.Generator().manual_seed(11)
+    for height, width in [(7, 13), (8, 10), (1, 1), (2, 1)]:
+        maps = torch.rand(3, height, width, generator=gen)
+        for got, m in zip(map_levels(maps).tolist(), maps.numpy(), strict=True):
+            ordered = np.sort(m.ravel())
+            assert got == ordered[(ordered.size + 1) // 2 - 1]
+
+
+def test_level_reference_is_the_lower_median_and_the_largest_ratio():
+    assert level_reference([4.0, 1.0, 2.0, 3.0]) == (2.0, 2.0)
+    assert level_reference([2.0, 6.0, 3.0]) == (3.0, 2.0)
+    assert level_reference([5.0]) == (5.0, 1.0)
+
+
+def test_damp_level_matches_a_per_map_reference_and_only_damps():
+    gen = torch.Generator().manual_seed(12)
+    gains = torch.tensor([0.5, 1.0, 1.8, 3.0, 9.0])  # colder, typical, hotter, at the cap, beyond it
+    maps = torch.rand(5, 9, 14, generator=gen) * gains[:, None, None]
+    reference, cap = float(map_levels(maps[1:2])[0]), 2.5
+    got = damp_level(maps, reference, cap).numpy()
+    for index, m in enumerate(maps.numpy().astype(np.float64)):
+        level = np.sort(m.ravel())[(m.size + 1) // 2 - 1]
+        divisor = min(max(level / reference, 1.0), cap)
+        np.testing.assert_allclose(got[index], m / divisor, rtol=1e-6)
+    assert np.array_equal(got[:2], maps[:2].numpy())  # at or below the reference: untouched
+    assert got[4].max() > 2 * got[3].max()  # beyond the cap the excess stays
+
+
+def test_a_model_without_a_reference_is_not_damped():
+    maps = torch.rand(2, 5, 6)
+    assert torch.equal(damp_level(maps, None, 1.0), maps)
+
+
+def test_the_exported_runners_numpy_damping_agrees():
+    gen = torch.Generator().manual_seed(13)
+    for shape in [(31, 17), (64, 40)]:
+        m = torch.rand(*shape, generator=gen) * 4
+        expected = damp_level(m[None], 0.7, 3.3)[0].numpy()
+        np.testing.assert_allclose(damp_level_numpy(m.numpy(), 0.7, 3.3), expected, rtol=1e-6)
+        assert np.array_equal(damp_level_numpy(m.numpy(), None, 1.0), m.numpy())
+
+
+def test_training_measures_the_reference_unless_turned_off(tiny_trained, mvtec, tmp_path):
+    from lista_cli.detection.checkpoint import load_checkpoint
+
+    from .conftest import train_tiny
+
+    calibration = load_checkpoint(tiny_trained[0]).calibration
+    assert calibration.level_reference > 0 and calibration.level_cap >= 1.0
+    off = train_tiny(mvtec, tmp_path / "off.pt", "--set", "score.level_damping=false")
+    assert load_checkpoint(off).calibration.level_reference is None
