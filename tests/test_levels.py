@@ -2,9 +2,10 @@
 at most as far as the hottest normal map."""
 
 import numpy as np
+import pytest
 import torch
 
-from lista_cli.detection.levels import damp_level, level_reference, map_levels
+from lista_cli.detection.levels import QUANTILE, damp_level, level_reference, map_levels
 from lista_cli.detection.onnx_model import damp_level as damp_level_numpy
 
 
@@ -17,9 +18,13 @@ def test_map_levels_are_the_lower_median_at_odd_and_even_sizes():
             assert got == ordered[(ordered.size + 1) // 2 - 1]
 
 
-def test_level_reference_is_the_lower_median_and_the_largest_ratio():
-    assert level_reference([4.0, 1.0, 2.0, 3.0]) == (2.0, 2.0)
-    assert level_reference([2.0, 6.0, 3.0]) == (3.0, 2.0)
+def test_level_reference_is_the_quantile_and_the_largest_ratio():
+    rng = np.random.default_rng(14)
+    for count in (1, 2, 7, 40, 201):
+        values = rng.lognormal(0.0, 0.5, count)
+        reference, cap = level_reference(values.tolist())
+        assert reference == pytest.approx(np.quantile(values, QUANTILE), rel=1e-12)
+        assert cap == pytest.approx(max(1.0, values.max() / reference), rel=1e-12)
     assert level_reference([5.0]) == (5.0, 1.0)
 
 

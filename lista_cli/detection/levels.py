@@ -2,18 +2,21 @@
 
 Some normal images score high everywhere rather than in one place: a rougher or brighter
 part, a surface with more grain. On kolektor the median of a good test image's map ranges
-from 0.9x to 3.4x the typical one, and such an image's maximum outranks many real cracks
-without any defect in it. So training measures the level (median) of the map of every
-normal image and takes their median as the reference; `detect` divides a map whose level
-is above the reference by level / reference, but by no more than the largest ratio among
-the normal images (the cap). Like the edge damping it only damps, and only as far as
-normal images need: a defect covering less than half of the image barely moves the
-median, and an image hotter as a whole than any normal one keeps the excess.
+up to 3.4x the typical one, and such an image's maximum outranks many real cracks without
+any defect in it. So training measures the level (median) of the map of every normal image;
+the reference is their 0.9 quantile, so the bulk of normal images is left as it is. `detect`
+divides a map whose level is above the reference by level / reference, but by no more than
+the largest ratio among the normal images (the cap). Like the edge damping it only damps,
+and only as far as normal images need: a defect covering less than half of the image
+barely moves the median, and an image hotter as a whole than any normal one keeps the
+excess.
 """
 
 from __future__ import annotations
 
 import torch
+
+QUANTILE = 0.9  # of the normal maps' levels: the reference above which a map is damped
 
 
 def map_levels(maps: torch.Tensor) -> torch.Tensor:
@@ -24,11 +27,11 @@ def map_levels(maps: torch.Tensor) -> torch.Tensor:
 
 
 def level_reference(levels: list[float]) -> tuple[float, float]:
-    """Levels of normal maps -> (reference, cap): their lower median, and the largest
-    level / reference (at least 1)."""
-    ordered = sorted(levels)
-    reference = max(ordered[(len(ordered) - 1) // 2], 1e-12)
-    return reference, max(1.0, ordered[-1] / reference)
+    """Levels of normal maps -> (reference, cap): their QUANTILE (linear interpolation),
+    and the largest level / reference (at least 1)."""
+    values = torch.tensor(levels, dtype=torch.float64)
+    reference = max(float(torch.quantile(values, QUANTILE)), 1e-12)
+    return reference, max(1.0, float(values.max()) / reference)
 
 
 def damp_level(maps: torch.Tensor, reference: float | None, cap: float) -> torch.Tensor:
