@@ -1,5 +1,6 @@
 """The real CLI through typer.testing.CliRunner: exit codes, files, messages."""
 
+import copy
 import csv
 import json
 import os
@@ -34,7 +35,7 @@ def model(tmp_path_factory):
 
 def test_train_writes_a_loadable_self_describing_checkpoint(model):
     payload = torch.load(model, weights_only=True)
-    assert payload["format"] == "lista-checkpoint" and payload["format_version"] == 6
+    assert payload["format"] == "lista-checkpoint" and payload["format_version"] == 7
     assert payload["config"]["train"]["steps"] == 4
     extra = payload["state"]["_extra_state"]
     calibration = extra["calibration"]
@@ -222,6 +223,16 @@ def test_checkpoint_keeps_the_code_bank_and_reads_formats_1_to_5(model, tmp_path
     payload = torch.load(model, weights_only=True)
     assert set(payload) == {"format", "format_version", "lista_version", "config", "state", "extra"}
     assert payload["state"].keys() == detector.state_dict().keys()
+    # format 6 had no level damping: it loads without, and its config says so
+    assert detector.calibration.level_reference is not None and detector.config.score.level_damping
+    six = copy.deepcopy(payload)
+    six["format_version"] = 6
+    for key in ("level_reference", "level_cap"):
+        del six["state"]["_extra_state"]["calibration"][key]
+    del six["config"]["score"]["level_damping"]
+    torch.save(six, tmp_path / "v6.pt")
+    undamped = load_checkpoint(tmp_path / "v6.pt")
+    assert undamped.calibration.level_reference is None and not undamped.config.score.level_damping
     # format 5 did not name the S maps' smoothing: the Gaussian
     payload["format_version"] = 5
     payload["state"]["_extra_state"]["calibration"]["sparse_smoothing"] = "oriented"

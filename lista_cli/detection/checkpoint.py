@@ -23,13 +23,14 @@ from .model import UnfoldedISTA
 from .typicality import CodeBank
 
 FORMAT = "lista-checkpoint"
-# 6: the calibration names the smoothing of the sparse-part maps (a format 5 one is
+# 7: the calibration holds the level damping's reference and cap (levels.py; older models
+# have none and load with score.level_damping false); 6: the calibration names the smoothing of the sparse-part maps (a format 5 one is
 # Gaussian); 5: the config and the detector's state_dict (Detector.from_state rebuilds it); 4: each
 # code of a bank has a residual level (a third map per scale); 3: each code of a bank has a
 # cell radius; 2: one model and code bank per image scale (its codes load with radius 1,
-# plain distances); 1: one model, no bank. All six load.
-FORMAT_VERSION = 6
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
+# plain distances); 1: one model, no bank. All seven load.
+FORMAT_VERSION = 7
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
 
 
 class CheckpointError(ListaError):
@@ -106,6 +107,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Det
         if isinstance(score, dict) and "smooth_sigma" in score and "code_smooth_sigma" not in score:
             # written before code maps had their own smoothing: they were smoothed like the rest
             stored = {**stored, "score": {**score, "code_smooth_sigma": score["smooth_sigma"]}}
+        if isinstance(score, dict) and payload["format_version"] < 7:  # before the level damping
+            stored = {**stored, "score": {**stored["score"], "level_damping": False}}
         config = from_dict(stored)
         if payload["format_version"] >= 5:
             return Detector.from_state(config, payload["state"]).to(device)
