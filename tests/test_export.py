@@ -114,6 +114,16 @@ def test_exported_model_with_an_automatic_working_size_below_one(tmp_path, rng):
     assert_same_results(detector, OnnxDetector(export(detector, tmp_path / "tiles.onnx")), arrays)
     detector.calibration.sparse_smoothing = "oriented"  # its wider reach in the runner's tile margin
     assert_same_results(detector, OnnxDetector(export(detector, tmp_path / "oriented.onnx")), arrays)
+    # every map damped by its own level (levels.py), one of them at the cap: in the graph and
+    # in the runner's tiling loop
+    plain = detector.detect_batch(arrays)
+    medians = sorted(float(np.median(result.anomaly_map)) for result in plain)
+    detector.calibration.level_reference, detector.calibration.level_cap = medians[0] / 1.2, medians[1] / medians[0]
+    for tile in (64, 1024):
+        detector.config.data.tile_size = tile
+        damped = detector.detect_batch(arrays)
+        assert all(d.score < p.score / 1.1 for d, p in zip(damped, plain, strict=True))
+        assert_same_results(detector, OnnxDetector(export(detector, tmp_path / f"levels{tile}.onnx")), arrays)
 
 
 @pytest.fixture(scope="module")

@@ -24,11 +24,12 @@ from .typicality import CodeBank
 
 FORMAT = "lista-checkpoint"
 # 7: the calibration holds the level damping's reference and cap (levels.py; older models
-# have none and load with score.level_damping false); 6: the calibration names the smoothing of the sparse-part maps (a format 5 one is
-# Gaussian); 5: the config and the detector's state_dict (Detector.from_state rebuilds it); 4: each
-# code of a bank has a residual level (a third map per scale); 3: each code of a bank has a
-# cell radius; 2: one model and code bank per image scale (its codes load with radius 1,
-# plain distances); 1: one model, no bank. All seven load.
+# have none and load with score.level_damping false); 6: the calibration names the
+# smoothing of the sparse-part maps (a format 5 one is Gaussian); 5: the config and the
+# detector's state_dict (Detector.from_state rebuilds it); 4: each code of a bank has a
+# residual level (a third map per scale); 3: each code of a bank has a cell radius; 2: one
+# model and code bank per image scale (its codes load with radius 1, plain distances);
+# 1: one model, no bank. All seven load.
 FORMAT_VERSION = 7
 READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
 
