@@ -31,7 +31,7 @@ class Calibration:
     edge_rows: list[float] = field(default_factory=list)  # damping by distance to the top/bottom edge
     edge_columns: list[float] = field(default_factory=list)  # ... and to the left/right edge
     image_scores: list[float] = field(default_factory=list)  # the normal scores the threshold came from
-    level_reference: float | None = None  # median level of normal maps (levels.py); None: no level damping
+    level_reference: float | None = None  # 0.9 quantile of normal maps' levels (levels.py); None: none
     level_cap: float = 1.0  # the largest level / reference among normal maps
     sparse_smoothing: str = "gaussian"  # how the sparse-part maps are smoothed (scoring.smooth_mix)
 
