@@ -105,6 +105,13 @@ def print_train_summary(summary: Any, out: Path) -> None:
     )
     families = ", ".join(f"{name} {value:.3f}" for name, value in summary.val_families.items())
     say(f"  validation pixel AUROC per defect family: {families}")
+    if summary.level_reference is None:
+        say("  level damping off")
+    else:
+        say(
+            f"  level damping: a map whose median exceeds {summary.level_reference:.4g} (0.9 quantile of"
+            f" normal images') is divided by the ratio, at most {summary.level_cap:.3g}"
+        )
     say(f"wrote {out}")
 
 

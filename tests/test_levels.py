@@ -59,9 +59,17 @@ def test_the_exported_runners_numpy_damping_agrees():
 def test_training_measures_the_reference_unless_turned_off(tiny_trained, mvtec, tmp_path):
     from lista_cli.detection.checkpoint import load_checkpoint
 
-    from .conftest import train_tiny
+    from typer.testing import CliRunner
+
+    from lista_cli.cli import app
+
+    from .conftest import FAST_TRAIN, train_tiny
 
     calibration = load_checkpoint(tiny_trained[0]).calibration
     assert calibration.level_reference > 0 and calibration.level_cap >= 1.0
     off = train_tiny(mvtec, tmp_path / "off.pt", "--set", "score.level_damping=false")
     assert load_checkpoint(off).calibration.level_reference is None
+    result = CliRunner().invoke(app, ["train", str(mvtec), "--out", str(tmp_path / "on.pt"), *FAST_TRAIN[:-1]])
+    assert result.exit_code == 0, result.output
+    on = load_checkpoint(tmp_path / "on.pt").calibration
+    assert f"exceeds {on.level_reference:.4g}" in result.output and f"at most {on.level_cap:.3g}" in result.output

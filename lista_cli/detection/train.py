@@ -47,6 +47,8 @@ class TrainSummary:
     sparse_smoothing: str = "gaussian"  # smoothing of the sparse-part maps (score.sparse_smoothing)
     val_auroc: float = 0.0  # validation score of the combined map: mean pixel AUROC over defect families
     val_families: dict[str, float] = field(default_factory=dict)  # that map's pixel AUROC per defect family
+    level_reference: float | None = None  # maps with a higher median are damped (levels.py); None: off
+    level_cap: float = 1.0  # ... by at most this factor
     skipped: list[str] = field(default_factory=list)
 
 
@@ -262,6 +264,8 @@ def train(
         sparse_smoothing=mix.sparse_smoothing,
         val_auroc=mix.score,
         val_families=validation.score(validation_maps)[1],
+        level_reference=detector.calibration.level_reference,
+        level_cap=detector.calibration.level_cap,
         skipped=skipped,
     )
     save_checkpoint(out, detector, extra={"summary": summary.__dict__})
