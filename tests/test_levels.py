@@ -57,11 +57,10 @@ def test_the_exported_runners_numpy_damping_agrees():
 
 
 def test_training_measures_the_reference_unless_turned_off(tiny_trained, mvtec, tmp_path):
-    from lista_cli.detection.checkpoint import load_checkpoint
-
     from typer.testing import CliRunner
 
     from lista_cli.cli import app
+    from lista_cli.detection.checkpoint import load_checkpoint
 
     from .conftest import FAST_TRAIN, train_tiny
 
