@@ -109,8 +109,8 @@ def print_train_summary(summary: Any, out: Path) -> None:
         say("  level damping off")
     else:
         say(
-            f"  level damping: a map whose median exceeds {summary.level_reference:.4g} (0.9 quantile of"
-            f" normal images') is divided by the ratio, at most {summary.level_cap:.3g}"
+            f"  level damping: a map whose median exceeds {summary.level_reference:.4g} is divided by"
+            f" the ratio, at most {summary.level_cap:.3g}"
         )
     say(f"wrote {out}")
 

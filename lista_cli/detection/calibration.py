@@ -82,10 +82,12 @@ def calibrate_detector(
     rows, columns = edges.edge_profile(maps, width)
     calibration = detector.calibration
     calibration.edge_rows, calibration.edge_columns = rows, columns
+    edged = [detector.damp_edges(m[None]) for m in maps]
     if cfg.score.level_damping:
-        normal_levels = [float(levels.map_levels(detector.damp_edges(m[None]))[0]) for m in maps]
+        normal_levels = [float(levels.map_levels(m)[0]) for m in edged]
         calibration.level_reference, calibration.level_cap = levels.level_reference(normal_levels)
-    scores = torch.cat([detector.image_scores(detector.damp(m[None])) for m in maps])
+    damped = [levels.damp_level(m, calibration.level_reference, calibration.level_cap) for m in edged]
+    scores = torch.cat([detector.image_scores(m) for m in damped])
     calibration.image_scores = scores.double().tolist()
     calibration.threshold = calibrate(scores, cfg.score.threshold_quantile, cfg.score.threshold_margin)
     level = pixel_threshold(detector.damp(validation_maps), validation)
