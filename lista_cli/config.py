@@ -107,6 +107,7 @@ class ScoreConfig:
     sparse_smoothing: str = _opt("auto", choices=("auto", "gaussian", "oriented"))
     context: bool = _opt(False)
     level_damping: bool = _opt(True)
+    sparse_damping: bool = _opt(True)
 
 
 @dataclass

@@ -35,7 +35,7 @@ def model(tmp_path_factory):
 
 def test_train_writes_a_loadable_self_describing_checkpoint(model):
     payload = torch.load(model, weights_only=True)
-    assert payload["format"] == "lista-checkpoint" and payload["format_version"] == 7
+    assert payload["format"] == "lista-checkpoint" and payload["format_version"] == 8
     assert payload["config"]["train"]["steps"] == 4
     extra = payload["state"]["_extra_state"]
     calibration = extra["calibration"]
@@ -208,7 +208,7 @@ def as_format_4(detector) -> dict:
     }
 
 
-def test_checkpoint_keeps_the_code_bank_and_reads_formats_1_to_5(model, tmp_path, mvtec):
+def test_checkpoint_keeps_the_code_bank_and_reads_formats_1_to_7(model, tmp_path, mvtec):
     from lista_cli.detection.checkpoint import load_checkpoint
     from lista_cli.io.imageio import read_image
 
@@ -233,6 +233,19 @@ def test_checkpoint_keeps_the_code_bank_and_reads_formats_1_to_5(model, tmp_path
     torch.save(six, tmp_path / "v6.pt")
     undamped = load_checkpoint(tmp_path / "v6.pt")
     assert undamped.calibration.level_reference is None and not undamped.config.score.level_damping
+    # format 7 had no sparse divisors: it loads without them (S maps as before), its config says so
+    assert all(len(s.bank.sparse_divisors) == len(s.bank.codes) for s in detector.scales)
+    assert detector.config.score.sparse_damping
+    seven = copy.deepcopy(payload)
+    seven["format_version"] = 7
+    for key in [k for k in seven["state"] if k.endswith("sparse_divisors")]:
+        del seven["state"][key]
+    del seven["config"]["score"]["sparse_damping"]
+    torch.save(seven, tmp_path / "v7.pt")
+    plain = load_checkpoint(tmp_path / "v7.pt")
+    assert not plain.config.score.sparse_damping and not any(len(s.bank.sparse_divisors) for s in plain.scales)
+    without_divisors = plain.detect_batch([image])[0].anomaly_map
+    assert without_divisors.shape == with_bank.shape and not np.allclose(without_divisors, with_bank)
     # format 5 did not name the S maps' smoothing: the Gaussian
     payload["format_version"] = 5
     payload["state"]["_extra_state"]["calibration"]["sparse_smoothing"] = "oriented"
@@ -246,9 +259,9 @@ def test_checkpoint_keeps_the_code_bank_and_reads_formats_1_to_5(model, tmp_path
     older = load_checkpoint(tmp_path / "v5.pt")
     assert older.calibration.sparse_smoothing == "gaussian"
     assert older.config.score.code_smooth_sigma == 1.5 and detector.config.score.code_smooth_sigma == 4.0
-    # a format-4 file (scales, calibration and context stored apart) scores the same
+    # a format-4 file (scales, calibration and context stored apart) scores as format 7 did
     torch.save(as_format_4(detector), tmp_path / "v4.pt")
-    assert np.array_equal(load_checkpoint(tmp_path / "v4.pt").detect_batch([image])[0].anomaly_map, with_bank)
+    assert np.array_equal(load_checkpoint(tmp_path / "v4.pt").detect_batch([image])[0].anomaly_map, without_divisors)
     # a file from before residual levels (format 3, two maps per scale) loads and scores with them
     payload = as_format_4(detector)
     payload["format_version"] = 3

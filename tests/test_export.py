@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -90,6 +91,8 @@ def test_exported_model_scores_like_the_checkpoint(variant, tmp_path, rng):
     data = make_mvtec(tmp_path / "data", rng)
     checkpoint = train_tiny(data, tmp_path / "model.pt", *VARIANTS[variant])
     detector = load_checkpoint(checkpoint)
+    if detector.scales[0].bank is not None:  # trained sparse divisors, some above 1: the graph applies them
+        assert all(len(s.bank.sparse_divisors) == len(s.bank.codes) for s in detector.scales)
     exported = OnnxDetector(export(detector, tmp_path / "model.onnx"))
     assert exported.threshold == pytest.approx(detector.threshold)
     assert exported.pixel_threshold == pytest.approx(detector.pixel_threshold)
@@ -114,6 +117,11 @@ def test_exported_model_with_an_automatic_working_size_below_one(tmp_path, rng):
     assert_same_results(detector, OnnxDetector(export(detector, tmp_path / "tiles.onnx")), arrays)
     detector.calibration.sparse_smoothing = "oriented"  # its wider reach in the runner's tile margin
     assert_same_results(detector, OnnxDetector(export(detector, tmp_path / "oriented.onnx")), arrays)
+    # every patch's S divided by a divisor of its nearest codes (sparse_levels.py), far from 1
+    gen = torch.Generator().manual_seed(3)
+    for scale in detector.scales:
+        scale.bank.sparse_divisors = 1 + 3 * torch.rand(len(scale.bank.codes), generator=gen)
+    assert_same_results(detector, OnnxDetector(export(detector, tmp_path / "divisors.onnx")), arrays)
     # every map damped by its own level (levels.py), one of them at the cap: in the graph and
     # in the runner's tiling loop
     plain = detector.detect_batch(arrays)

@@ -125,7 +125,7 @@ def test_residual_levels_equal_a_float64_reference_per_cell():
     np.testing.assert_allclose(bank.residual_levels.numpy(), expected, rtol=1e-4, atol=1e-4)
     # scoring a patch: |its level - the level its code's neighbours say it should have|
     centred = rows[:5].float()
-    _, expected_level = bank.match(bank.codes_of(centred))
+    expected_level = bank.match(bank.codes_of(centred)).residual_levels
     flat = centred @ subspace @ subspace.T  # the grain removed: the subspace explains it all
     for patch, expected_sign in ((flat, -1), (centred + 3 * (flat - centred), 1)):
         level = torch.log((patch - patch @ subspace @ subspace.T).square().mean(1) + typicality.RESIDUAL_FLOOR)
@@ -139,7 +139,7 @@ def test_match_blends_the_two_nearest_levels_as_a_float64_reference_does():
     levels = torch.randn(37, generator=gen)
     bank = CodeBank(torch.eye(5), centres, radii, levels)
     points = torch.randn(301, 5, generator=gen)
-    distance, level = bank.match(points)
+    distance, level, _ = bank.match(points)
     exact = (points.double()[:, None] - centres.double()[None]).norm(dim=2) / radii.double()  # (n, M)
     d, j = exact.sort(dim=1)
     weights = (d[:, 2:3] - d[:, :2]) / d[:, :2].square()
@@ -154,7 +154,7 @@ def test_match_level_is_continuous_where_nearest_codes_swap():
     centres = torch.tensor([[0.0, 0.0], [1.0, 0.0], [5.0, 0.0]])
     bank = CodeBank(torch.eye(2), centres, torch.ones(3), torch.tensor([0.0, 1.0, 7.0]))
     walk = torch.stack([torch.linspace(0, 1, 2001), torch.zeros(2001)], dim=1)
-    _, level = bank.match(walk)
+    level = bank.match(walk).residual_levels
     assert float(level.diff().abs().max()) < 5e-3
     assert abs(float(bank.match(torch.tensor([[0.5, 0.0]]))[1]) - 0.5) < 1e-6
     assert abs(float(level[0])) < 1e-6 and abs(float(level[-1]) - 1.0) < 1e-6

@@ -23,15 +23,16 @@ from .model import UnfoldedISTA
 from .typicality import CodeBank
 
 FORMAT = "lista-checkpoint"
-# 7: the calibration holds the level damping's reference and cap (levels.py; older models
+# 8: each code of a bank may have a sparse divisor (sparse_levels.py; older banks have
+# none, so their sparse maps are as before); 7: the calibration holds the level damping's reference and cap (levels.py; older models
 # have none and load with score.level_damping false); 6: the calibration names the
 # smoothing of the sparse-part maps (a format 5 one is Gaussian); 5: the config and the
 # detector's state_dict (Detector.from_state rebuilds it); 4: each code of a bank has a
 # residual level (a third map per scale); 3: each code of a bank has a cell radius; 2: one
 # model and code bank per image scale (its codes load with radius 1, plain distances);
-# 1: one model, no bank. All seven load.
-FORMAT_VERSION = 7
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
+# 1: one model, no bank. All eight load.
+FORMAT_VERSION = 8
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
 
 
 class CheckpointError(ListaError):
@@ -110,6 +111,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Det
             stored = {**stored, "score": {**score, "code_smooth_sigma": score["smooth_sigma"]}}
         if isinstance(score, dict) and payload["format_version"] < 7:  # before the level damping
             stored = {**stored, "score": {**stored["score"], "level_damping": False}}
+        if isinstance(score, dict) and payload["format_version"] < 8:  # before the sparse divisors
+            stored = {**stored, "score": {**stored["score"], "sparse_damping": False}}
         config = from_dict(stored)
         if payload["format_version"] >= 5:
             return Detector.from_state(config, payload["state"]).to(device)

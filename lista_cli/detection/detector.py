@@ -110,7 +110,9 @@ class Detector(nn.Module):
         def bank(prefix: str) -> CodeBank | None:
             if f"{prefix}codes" not in state:
                 return None
-            parts = ("basis", "codes", "radii", "residual_levels")
+            parts = ("basis", "codes", "radii", "residual_levels", "sparse_divisors")
+            # format 7 banks have no sparse divisors: an empty buffer, so none
+            state.setdefault(f"{prefix}sparse_divisors", torch.zeros(0))
             return CodeBank(*(state[f"{prefix}{part}"] for part in parts))
 
         scales = []
@@ -162,7 +164,8 @@ class Detector(nn.Module):
         self, scale: Scale, image: torch.Tensor, noise: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(1, C, h, w) image at this scale's resolution -> (1, M, h, w) unsmoothed maps:
-        ||s|| folded to pixels and, with a code bank, the distance of each patch's code to the
+        ||s|| folded to pixels (with a code bank, divided by the sparse divisor of each patch's
+        nearest normal codes) and, with a code bank, the distance of each patch's code to the
         nearest normal code and how far its residual level is from that code's; and the grid
         of those codes (rows, cols, R), or None. `noise` (1, 1, 1) overrides the model's
         per-image noise scale."""
@@ -172,18 +175,21 @@ class Detector(nn.Module):
             return image.new_zeros(1, len(scale.kinds), *size), None
         rows = patches.unfold(image, p, stride)
         sparse = scale.model(rows, noise)
-        components = [scoring.sparse_to_map(sparse, size, self.channels, p, stride)]
-        grid = None
         bank = scale.bank
-        if bank is not None:
-            centred = rows[0] - scale.model.mean
-            codes = bank.codes_of(centred)  # (N, R)
-            distances, levels = bank.match(codes)
-            components.append(scoring.patch_values_to_map(distances[None], size, p, stride))
-            if levels is not None:
-                deviations = (log_residual(centred, scale.model.basis) - levels).abs()
-                components.append(scoring.patch_values_to_map(deviations[None], size, p, stride))
-            grid = codes.view(*patches.grid_shape(size[0], size[1], p, stride), -1)
+        if bank is None:
+            return scoring.sparse_to_map(sparse, size, self.channels, p, stride)[:, None], None
+        centred = rows[0] - scale.model.mean
+        codes = bank.codes_of(centred)  # (N, R)
+        match = bank.match(codes)
+        divisors = None if match.sparse_divisors is None else match.sparse_divisors[None]
+        components = [
+            scoring.sparse_to_map(sparse, size, self.channels, p, stride, divisors),
+            scoring.patch_values_to_map(match.distances[None], size, p, stride),
+        ]
+        if match.residual_levels is not None:
+            deviations = (log_residual(centred, scale.model.basis) - match.residual_levels).abs()
+            components.append(scoring.patch_values_to_map(deviations[None], size, p, stride))
+        grid = codes.view(*patches.grid_shape(size[0], size[1], p, stride), -1)
         return torch.stack(components, dim=1), grid
 
     def component_maps(self, images: torch.Tensor, noise: list[torch.Tensor] | None = None) -> torch.Tensor:

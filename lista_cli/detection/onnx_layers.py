@@ -117,10 +117,23 @@ def _patch_rows(g: Graph, image: str, channels: int, p: int, stride: int) -> tup
     return rows, grid
 
 
-def _sparse_map(g: Graph, sparse: str, grid: str, counts: str, image: str, channels: int, p: int, stride: int) -> str:
-    """||s|| per pixel over channels, folded with overlap averaging (scoring.sparse_to_map)."""
+def _sparse_map(
+    g: Graph,
+    sparse: str,
+    grid: str,
+    counts: str,
+    image: str,
+    channels: int,
+    p: int,
+    stride: int,
+    divisors: str | None = None,
+) -> str:
+    """||s|| per pixel over channels, each patch's divided by its (N,) divisor if given,
+    folded with overlap averaging (scoring.sparse_to_map)."""
     squares = g.op("Reshape", g.op("Mul", sparse, sparse), g.i64(1, -1, channels, p * p))
     norms = g.op("Sqrt", g.op("ReduceSum", squares, g.i64(2), keepdims=0))  # (1, N, p*p)
+    if divisors is not None:
+        norms = g.op("Div", norms, g.op("Reshape", divisors, g.i64(1, -1, 1)))
     norm_grid = g.op(
         "Reshape",
         g.op("Transpose", norms, perm=[0, 2, 1]),
@@ -158,10 +171,11 @@ def _nearest_codes(g: Graph, bank, centred: str) -> tuple[str, str]:
     return g.op("GatherElements", candidates, order, axis=1), exact
 
 
-def _expected_level(g: Graph, bank, candidates: str, exact: str) -> str:
-    """(N,) the residual level of the two nearest codes blended (typicality.blend_weights)."""
-    levels = g.op("Gather", g.const(bank.residual_levels), candidates)  # (N, k)
-    if len(bank.codes) == 1:
+def _blended(g: Graph, values: torch.Tensor, candidates: str, exact: str) -> str:
+    """(N,) the (M,) per-code `values` of the two nearest codes blended
+    (typicality.blend_weights): a residual level or a sparse divisor."""
+    levels = g.op("Gather", g.const(values), candidates)  # (N, k)
+    if len(values) == 1:
         return g.op("Reshape", levels, g.i64(-1))
     first_two = g.i64(0), g.i64(2), g.i64(1)
     nearest = g.op("Slice", exact, *first_two)  # (N, 2)
@@ -237,15 +251,16 @@ def scale_maps(g: Graph, detector: Detector, scale: Scale, image: str, noise: st
     residual = g.op("Sub", centred, projected)  # Q x = x - U U^T x
     counts = _fold_counts(g, grid, p, stride)
     sparse = _sparse_part(g, model, centred, residual, noise)
-    maps = [_sparse_map(g, sparse, grid, counts, image, channels, p, stride)]
     if bank is None:
-        return maps
+        return [_sparse_map(g, sparse, grid, counts, image, channels, p, stride)]
     candidates, exact = _nearest_codes(g, bank, centred)
+    divisors = _blended(g, bank.sparse_divisors, candidates, exact) if len(bank.sparse_divisors) else None
+    maps = [_sparse_map(g, sparse, grid, counts, image, channels, p, stride, divisors)]
     distance = g.op("Reshape", g.op("Slice", exact, g.i64(0), g.i64(1), g.i64(1)), g.i64(-1))
     maps.append(_patch_values_map(g, distance, grid, counts, image, p, stride))
     if bank.has_residual:  # |log(||Q x||^2 / d + floor) - the level the nearest codes expect|
         variance = g.op("ReduceMean", g.op("Mul", residual, residual), g.i64(2), keepdims=0)
         level = g.op("Reshape", g.op("Log", g.op("Add", variance, g.const(RESIDUAL_FLOOR))), g.i64(-1))
-        deviation = g.op("Abs", g.op("Sub", level, _expected_level(g, bank, candidates, exact)))
+        deviation = g.op("Abs", g.op("Sub", level, _blended(g, bank.residual_levels, candidates, exact)))
         maps.append(_patch_values_map(g, deviation, grid, counts, image, p, stride))
     return maps

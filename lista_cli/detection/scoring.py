@@ -140,11 +140,21 @@ def smooth_mix(
     return smoothed
 
 
-def sparse_to_map(sparse: torch.Tensor, size: tuple[int, int], channels: int, patch: int, stride: int) -> torch.Tensor:
-    """(B, N, C*p*p) sparse rows -> (B, H, W): per-pixel ||s|| over channels, overlap-averaged."""
+def sparse_to_map(
+    sparse: torch.Tensor,
+    size: tuple[int, int],
+    channels: int,
+    patch: int,
+    stride: int,
+    divisors: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(B, N, C*p*p) sparse rows -> (B, H, W): per-pixel ||s|| over channels, each patch's
+    divided by its (B, N) divisor if given (sparse_levels.py), overlap-averaged."""
     batch, count, _ = sparse.shape
     # sqrt of a sum of squares: torch's norm over a strided middle dimension is ~10x slower.
     norms = sparse.view(batch, count, channels, patch * patch).square().sum(dim=2).sqrt()  # (B, N, p*p)
+    if divisors is not None:
+        norms = norms / divisors[..., None]
     return patches.fold(norms, size, patch, stride)[:, 0]
 
 

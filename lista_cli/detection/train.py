@@ -22,6 +22,7 @@ from .detector import Calibration, Detector, Scale
 from .mixing import StepValidation, choose_weights, component_maps
 from .resampling import downsample
 from .scales import choose_size, shape_at
+from .sparse_levels import sparse_divisors
 from .training_data import at_size, load_training_arrays, training_folder
 from .typicality import MAX_BANK_CANDIDATES
 from .validation import ValidationSet, make_validation_set
@@ -240,6 +241,12 @@ def train(
         train_layers(scale, fitting, validation, shape, cfg, channels, _counted(on_step, number * steps))
         for number, scale in enumerate(choice.scales)
     ]
+    if cfg.score.sparse_damping:  # needs the trained layers; before the maps are mixed and calibrated
+        for scale in choice.scales:
+            if scale.bank is not None:
+                scale.bank.sparse_divisors = sparse_divisors(
+                    scale, fitting, cfg.patch.size, cfg.patch.stride, channels, cfg.train.seed
+                )
     detector = Detector(choice.scales, cfg, channels, working_scale=size.factor)
     if cfg.score.context and cfg.score.bank_size and all(scale.bank is not None for scale in choice.scales):
         p = cfg.patch

@@ -24,6 +24,8 @@ or grain gained where the code says the patch should look otherwise.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from . import patches
@@ -46,7 +48,9 @@ def log_residual(centred: torch.Tensor, subspace: torch.Tensor) -> torch.Tensor:
 class CodeBank(torch.nn.Module):
     """Normal patch codes (M, R) in the basis V (d, R), each with the radius (M,) of the
     cell of training codes it stands for and, when built with the background subspace, the
-    mean log residual level (M,) of those codes' patches (empty without)."""
+    mean log residual level (M,) of those codes' patches (empty without); once the layers
+    are trained, the divisor (M,) of the sparse part of patches near each code
+    (sparse_levels.py; empty: none)."""
 
     def __init__(
         self,
@@ -54,6 +58,7 @@ class CodeBank(torch.nn.Module):
         codes: torch.Tensor,
         radii: torch.Tensor | None = None,
         residual_levels: torch.Tensor | None = None,
+        sparse_divisors: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.register_buffer("basis", basis.clone().float())
@@ -61,6 +66,8 @@ class CodeBank(torch.nn.Module):
         self.register_buffer("radii", torch.ones(len(codes)) if radii is None else radii.clone().float())
         levels = torch.zeros(0) if residual_levels is None else residual_levels.clone().float()
         self.register_buffer("residual_levels", levels)
+        divisors = torch.zeros(0) if sparse_divisors is None else sparse_divisors.clone().float()
+        self.register_buffer("sparse_divisors", divisors)
 
     @property
     def has_residual(self) -> bool:
@@ -107,7 +114,8 @@ class CodeBank(torch.nn.Module):
         if not keep.any():
             return self
         levels = self.residual_levels[keep] if self.has_residual else None
-        return CodeBank(self.basis, self.codes[keep], self.radii[keep], levels)
+        divisors = self.sparse_divisors[keep] if len(self.sparse_divisors) else None
+        return CodeBank(self.basis, self.codes[keep], self.radii[keep], levels, divisors)
 
     def distances(self, centred: torch.Tensor) -> torch.Tensor:
         """(B, N, d) centred patches x - mu -> (B, N) distance of each code to the nearest
@@ -125,18 +133,34 @@ class CodeBank(torch.nn.Module):
         """(n, R) codes -> (n,) distance to the nearest bank code in units of its cell radius."""
         return _nearest(codes, self.codes, self.radii)[1]
 
-    def match(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def nearest(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, R) codes -> (n,) index of the nearest bank code (in units of its radius) and
+        (n,) that distance."""
+        return _nearest(codes, self.codes, self.radii)
+
+    def match(self, codes: torch.Tensor) -> Match:
         """(n, R) codes -> (n,) distance to the nearest bank code in units of its radius and
-        (n,) the residual level normal patches with such a code have (None without levels):
-        the levels of the two nearest codes of three shortlisted, weighted by `blend_weights`.
-        A patch between two bank codes then gets a level between theirs, and its score does
-        not jump (nor differ between runtimes) when rounding swaps two near-equal codes."""
+        what normal patches with such a code have: (n,) residual level and (n,) sparse
+        divisor (each None when the bank has none), the values of the two nearest codes of
+        three shortlisted, weighted by `blend_weights`. A patch between two bank codes then
+        gets a value between theirs, and its score does not jump (nor differ between
+        runtimes) when rounding swaps two near-equal codes."""
         candidates, exact = _shortlist(codes, self.codes, self.radii, 3)
-        if not self.has_residual:
-            return exact[:, 0], None
         weights = blend_weights(exact)
         pair = torch.cat([candidates, candidates[:, :1]], dim=1)[:, :2]  # k = 1: the one code twice
-        return exact[:, 0], (self.residual_levels[pair] * weights).sum(dim=1)
+
+        def blended(values: torch.Tensor) -> torch.Tensor | None:
+            return (values[pair] * weights).sum(dim=1) if len(values) else None
+
+        return Match(exact[:, 0], blended(self.residual_levels), blended(self.sparse_divisors))
+
+
+class Match(NamedTuple):
+    """What CodeBank.match finds for each of n codes."""
+
+    distances: torch.Tensor  # (n,) to the nearest bank code, in units of its radius
+    residual_levels: torch.Tensor | None  # (n,) the log residual level normal patches like it have
+    sparse_divisors: torch.Tensor | None  # (n,) what their sparse part is divided by
 
 
 @torch.inference_mode()
