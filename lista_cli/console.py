@@ -97,6 +97,12 @@ def print_train_summary(summary: Any, out: Path) -> None:
         say(
             f"  scale 1/{scale['factor']}: subspace rank {scale['rank']}, validation "
             f"{scale['val_auroc_start']:.3f} -> {scale['val_auroc_best']:.3f} (kept step {scale['best_step']})"
+            + (
+                f"; S divided near {scale['damped_codes']} of {scale['bank_codes']} bank codes,"
+                f" by at most {scale['largest_divisor']:.3g}"
+                if scale.get("bank_codes")
+                else ""
+            )
         )
     say(
         f"  maps combined with sparse share {summary.sparse_share:g}, residual weight"

@@ -50,9 +50,9 @@ def _reference_divisors(scale, images, patch, stride, channels) -> np.ndarray:
         owners.append(distance.argmin(axis=1))
     levels, owners = np.concatenate(levels), np.concatenate(owners)
     prior = sparse_levels.PRIOR_PATCHES
-    code_levels = np.array(
-        [(levels[owners == j].sum() + prior * levels.mean()) / ((owners == j).sum() + prior) for j in range(len(centres))]
-    )
+    sums = np.array([levels[owners == j].sum() for j in range(len(centres))])
+    counts = np.array([(owners == j).sum() for j in range(len(centres))])
+    code_levels = (sums + prior * levels.mean()) / (counts + prior)
     return np.sqrt(np.maximum(code_levels / np.quantile(code_levels, sparse_levels.QUANTILE), 1.0))
 
 
@@ -108,3 +108,23 @@ def test_each_patch_s_is_divided_by_its_blended_divisor_before_folding():
         count[top : top + patch, left : left + patch] += 1
     np.testing.assert_allclose(got, (total / count)[:31, :26], rtol=1e-5, atol=1e-7)
     assert (divisors > 1).all()  # every patch damped, so this checks the division too
+
+
+def test_training_sets_the_divisors_and_says_so(mvtec, tmp_path):
+    from typer.testing import CliRunner
+
+    from lista_cli.cli import app
+    from lista_cli.detection.checkpoint import load_checkpoint
+
+    from .conftest import FAST_TRAIN, train_tiny
+
+    result = CliRunner().invoke(app, ["train", str(mvtec), "--out", str(tmp_path / "on.pt"), *FAST_TRAIN[:-1]])
+    assert result.exit_code == 0, result.output
+    for scale in load_checkpoint(tmp_path / "on.pt").scales:
+        divisors = scale.bank.sparse_divisors
+        assert len(divisors) == len(scale.bank.codes) and (divisors >= 1).all()
+        damped = f"S divided near {int((divisors > 1).sum())} of {len(divisors)} bank codes"
+        assert f"scale 1/{scale.factor}: " in result.output and damped in result.output
+        assert f"by at most {float(divisors.max()):.3g}" in result.output
+    off = load_checkpoint(train_tiny(mvtec, tmp_path / "off.pt", "--set", "score.sparse_damping=false"))
+    assert not any(len(scale.bank.sparse_divisors) for scale in off.scales)

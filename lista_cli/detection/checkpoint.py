@@ -24,8 +24,9 @@ from .typicality import CodeBank
 
 FORMAT = "lista-checkpoint"
 # 8: each code of a bank may have a sparse divisor (sparse_levels.py; older banks have
-# none, so their sparse maps are as before); 7: the calibration holds the level damping's reference and cap (levels.py; older models
-# have none and load with score.level_damping false); 6: the calibration names the
+# none and load with score.sparse_damping false); 7: the calibration holds the level
+# damping's reference and cap (levels.py; older models have none and load with
+# score.level_damping false); 6: the calibration names the
 # smoothing of the sparse-part maps (a format 5 one is Gaussian); 5: the config and the
 # detector's state_dict (Detector.from_state rebuilds it); 4: each code of a bank has a
 # residual level (a third map per scale); 3: each code of a bank has a cell radius; 2: one

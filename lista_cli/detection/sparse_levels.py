@@ -36,7 +36,9 @@ MAX_PATCHES = 400_000  # per scale: past it, a seeded random share of each image
 
 
 @torch.inference_mode()
-def sparse_divisors(scale, images: list[torch.Tensor], patch: int, stride: int, channels: int, seed: int) -> torch.Tensor:
+def sparse_divisors(
+    scale, images: list[torch.Tensor], patch: int, stride: int, channels: int, seed: int
+) -> torch.Tensor:
     """(M,) the divisor of each code of `scale.bank`, from the trained `scale.model` run over
     the patches of the normal `images` (C, h, w) at model resolution, downsampled by the
     scale's factor. Each image runs whole, so its noise scale is the one detect measures."""

@@ -96,6 +96,9 @@ class ScaleSummary:
     best_step: int
     val_auroc_start: float
     val_auroc_best: float
+    damped_codes: int = 0  # bank codes with a sparse divisor above 1 (sparse_levels.py)
+    bank_codes: int = 0
+    largest_divisor: float = 1.0
 
 
 def training_defect(crop: torch.Tensor, rng: torch.Generator, config: Config) -> torch.Tensor:
@@ -242,11 +245,12 @@ def train(
         for number, scale in enumerate(choice.scales)
     ]
     if cfg.score.sparse_damping:  # needs the trained layers; before the maps are mixed and calibrated
-        for scale in choice.scales:
+        for scale, summary in zip(choice.scales, summaries, strict=True):
             if scale.bank is not None:
-                scale.bank.sparse_divisors = sparse_divisors(
-                    scale, fitting, cfg.patch.size, cfg.patch.stride, channels, cfg.train.seed
-                )
+                divisors = sparse_divisors(scale, fitting, cfg.patch.size, cfg.patch.stride, channels, cfg.train.seed)
+                scale.bank.sparse_divisors = divisors
+                summary.damped_codes, summary.bank_codes = int((divisors > 1).sum()), len(divisors)
+                summary.largest_divisor = float(divisors.max())
     detector = Detector(choice.scales, cfg, channels, working_scale=size.factor)
     if cfg.score.context and cfg.score.bank_size and all(scale.bank is not None for scale in choice.scales):
         p = cfg.patch
