@@ -17,7 +17,8 @@ Like the edge and level damping it only damps, and only where normal patches of 
 carry more S than most: the bulk of the texture is untouched. The square root damps half way
 (in log scale) to the full ratio: a defect whose patches resemble such a structure is not
 erased with it. On kolektor (post hoc, three seeds) it gained as much image AUROC as the full
-ratio and cost no pixel AUROC where the full ratio cost 0.002 (README, "Sparse divisors").
+ratio and cost at most 0.001 pixel AUROC where the full ratio cost 0.002-0.003; trained in
+(the map mix chosen with it) the pixel AUROC loses more (README, "Sparse divisors").
 """
 
 from __future__ import annotations
