@@ -107,12 +107,16 @@ class Detector(nn.Module):
     def from_state(cls, config: Config, state: dict[str, Any]) -> Detector:
         """The detector a state_dict holds (its shapes read from the state), loaded with it."""
 
+        # format 7 banks have no sparse divisors: an empty buffer, so none (the caller's dict
+        # is left as it is)
+        state = dict(state)
+        for key in [k for k in state if k.endswith("bank.codes")]:
+            state.setdefault(key.removesuffix("codes") + "sparse_divisors", torch.zeros(0))
+
         def bank(prefix: str) -> CodeBank | None:
             if f"{prefix}codes" not in state:
                 return None
             parts = ("basis", "codes", "radii", "residual_levels", "sparse_divisors")
-            # format 7 banks have no sparse divisors: an empty buffer, so none
-            state.setdefault(f"{prefix}sparse_divisors", torch.zeros(0))
             return CodeBank(*(state[f"{prefix}{part}"] for part in parts))
 
         scales = []

@@ -140,6 +140,13 @@ def smooth_mix(
     return smoothed
 
 
+def sparse_norms(sparse: torch.Tensor, channels: int) -> torch.Tensor:
+    """(B, N, C*p*p) sparse rows -> (B, N, p*p): ||s|| over channels at each pixel of a patch."""
+    batch, count, width = sparse.shape
+    # sqrt of a sum of squares: torch's norm over a strided middle dimension is ~10x slower.
+    return sparse.view(batch, count, channels, width // channels).square().sum(dim=2).sqrt()
+
+
 def sparse_to_map(
     sparse: torch.Tensor,
     size: tuple[int, int],
@@ -150,9 +157,7 @@ def sparse_to_map(
 ) -> torch.Tensor:
     """(B, N, C*p*p) sparse rows -> (B, H, W): per-pixel ||s|| over channels, each patch's
     divided by its (B, N) divisor if given (sparse_levels.py), overlap-averaged."""
-    batch, count, _ = sparse.shape
-    # sqrt of a sum of squares: torch's norm over a strided middle dimension is ~10x slower.
-    norms = sparse.view(batch, count, channels, patch * patch).square().sum(dim=2).sqrt()  # (B, N, p*p)
+    norms = sparse_norms(sparse, channels)  # (B, N, p*p)
     if divisors is not None:
         norms = norms / divisors[..., None]
     return patches.fold(norms, size, patch, stride)[:, 0]

@@ -29,7 +29,7 @@ import math
 
 import torch
 
-from . import patches
+from . import patches, scoring
 from .resampling import downsample
 
 QUANTILE = 0.97  # of the codes' S levels: codes above it (the rarest 3 %) get a divisor
@@ -57,8 +57,7 @@ def sparse_divisors(
     assigned = 0
     for image in small:
         rows = patches.unfold(image, patch, stride)  # (1, N, d)
-        sparse = model(rows)[0]  # (N, d)
-        levels = sparse.view(len(sparse), channels, -1).square().sum(dim=1).sqrt().mean(dim=1).double()
+        levels = scoring.sparse_norms(model(rows), channels)[0].mean(dim=1).double()  # (N,)
         centred = rows[0] - model.mean
         if share < 1.0:
             keep = torch.randperm(len(levels), generator=rng)[: max(1, round(share * len(levels)))]

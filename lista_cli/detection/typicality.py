@@ -131,7 +131,7 @@ class CodeBank(torch.nn.Module):
 
     def code_distances(self, codes: torch.Tensor) -> torch.Tensor:
         """(n, R) codes -> (n,) distance to the nearest bank code in units of its cell radius."""
-        return _nearest(codes, self.codes, self.radii)[1]
+        return self.nearest(codes)[1]
 
     def nearest(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(n, R) codes -> (n,) index of the nearest bank code (in units of its radius) and
