@@ -89,6 +89,12 @@ def run(folder: Path, overrides: list[str], work: Path) -> dict:
         summary={k: v for k, v in summary.__dict__.items() if k != "skipped"},
         kinds={kind: {key: m[key] for key, _, _ in COLUMNS if key in m} for kind, m in report["kinds"].items()},
         by_min_region=by_min_region,
+        decisions={  # what benchmarks/threshold_rules.py needs to re-decide without retraining
+            "threshold": detector.threshold,
+            "normal_scores": list(detector.calibration.image_scores),
+            "test_scores": [s["score"] for s in report["image_scores"]],
+            "test_kinds": [s["kind"] for s in report["image_scores"]],
+        },
     )
     return row
 
@@ -110,10 +116,11 @@ def _mean(values: list) -> object:
 
 def average_rows(rows: list[dict]) -> dict:
     """One set's rows at several seeds -> the mean row (tables, kinds and regions averaged),
-    with each seed's figures kept under "seeds" and the training summary of the first seed."""
-    mean = {key: _mean([row[key] for row in rows]) for key in rows[0] if key != "summary"}
+    with each seed's figures and decision inputs kept under "seeds" and the training summary
+    of the first seed."""
+    mean = {key: _mean([row[key] for row in rows]) for key in rows[0] if key not in ("summary", "decisions")}
     mean["summary"] = rows[0]["summary"]
-    mean["seeds"] = [{key: row.get(key) for key, _, _ in COLUMNS} for row in rows]
+    mean["seeds"] = [{key: row.get(key) for key, _, _ in COLUMNS} | {"decisions": row["decisions"]} for row in rows]
     return mean
 
 

@@ -1,0 +1,96 @@
+"""Image-threshold rules compared without retraining, on what benchmarks/accuracy.py recorded.
+
+accuracy.py keeps, per set and seed, the normal calibration scores the threshold came from
+(held-out images and training images left out of the code bank) and the raw test scores.
+This script re-decides every test image under threshold = quantile(normal scores, q) x margin
+for a grid of (q, margin) and prints, per rule, the sets that meet issue 12's two decision
+targets (image F1 at the threshold within 0.10 of F1-max, at most 10 % of good test images
+flagged; both as means over the recorded seeds), the worst gap and the worst flagged share.
+
+    python benchmarks/accuracy.py --seeds 0 1 2 --json benchmarks/results/accuracy_seeds.json
+    python benchmarks/threshold_rules.py benchmarks/results/accuracy_seeds.json
+    python benchmarks/threshold_rules.py results.json --rule 0.75 1.5   # one rule, per set
+
+Figures match accuracy.py's when the rule is the config's (min_region 0: an image is flagged
+exactly when its score reaches the threshold).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from lista_cli.detection.metrics import f1_at, f1_max
+
+QUANTILES = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99)
+MARGINS = tuple(round(1.0 + 0.05 * i, 2) for i in range(17))  # 1.00 .. 1.80
+MAX_GAP, MAX_FLAGGED = 0.10, 0.10  # issue 12's decision targets
+
+
+def runs(results: dict) -> dict[str, list[dict]]:
+    """Set name -> the decision inputs of each recorded seed."""
+    return {
+        name: [seed["decisions"] for seed in row["seeds"]] if "seeds" in row else [row["decisions"]]
+        for name, row in results.items()
+    }
+
+
+def decide(run: dict, quantile: float, margin: float) -> tuple[float, float, float]:
+    """(F1 at the rule's threshold, F1-max, share of good test images flagged) of one run."""
+    labels = np.array([kind != "good" for kind in run["test_kinds"]])
+    scores = np.array(run["test_scores"])
+    threshold = float(np.quantile(np.array(run["normal_scores"]), quantile)) * margin
+    return f1_at(labels, scores, threshold), f1_max(labels, scores)[0], float(np.mean(scores[~labels] >= threshold))
+
+
+def per_set(sets: dict[str, list[dict]], quantile: float, margin: float) -> dict[str, tuple[float, float, float]]:
+    """Set -> (F1 at threshold, F1-max, good flagged), each the mean over the set's seeds."""
+    return {name: tuple(np.mean([decide(r, quantile, margin) for r in group], axis=0)) for name, group in sets.items()}
+
+
+def meets(figures: tuple[float, float, float]) -> bool:
+    f1, best, flagged = figures
+    return best - f1 <= MAX_GAP + 1e-9 and flagged <= MAX_FLAGGED + 1e-9
+
+
+def grid(sets: dict[str, list[dict]]) -> None:
+    print(f"| quantile × margin | sets meeting both (of {len(sets)}) | worst F1 gap | worst good flagged |")
+    print("|---|---|---|---|")
+    for quantile in QUANTILES:
+        for margin in MARGINS:
+            figures = per_set(sets, quantile, margin)
+            gaps = {name: f[1] - f[0] for name, f in figures.items()}
+            flagged = {name: f[2] for name, f in figures.items()}
+            gap_set, flag_set = max(gaps, key=gaps.get), max(flagged, key=flagged.get)
+            print(
+                f"| {quantile} × {margin:.2f} | {sum(map(meets, figures.values()))} "
+                f"| {gaps[gap_set]:.3f} ({gap_set}) | {flagged[flag_set]:.0%} ({flag_set}) |"
+            )
+
+
+def one_rule(sets: dict[str, list[dict]], quantile: float, margin: float) -> None:
+    print(f"| set | image F1 at threshold | image F1-max | good flagged | both targets |  (q {quantile} × {margin})")
+    print("|---|---|---|---|---|")
+    for name, (f1, best, flagged) in per_set(sets, quantile, margin).items():
+        mark = "yes" if meets((f1, best, flagged)) else "no"
+        print(f"| {name} | {f1:.3f} | {best:.3f} | {flagged:.0%} | {mark} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path, help="a JSON file written by benchmarks/accuracy.py")
+    parser.add_argument("--rule", type=float, nargs=2, metavar=("QUANTILE", "MARGIN"), help="show one rule per set")
+    args = parser.parse_args()
+    payload = json.loads(args.results.read_text())
+    sets = runs(payload["results"]["trained"])
+    if args.rule:
+        one_rule(sets, *args.rule)
+    else:
+        grid(sets)
+
+
+if __name__ == "__main__":
+    main()
