@@ -45,6 +45,9 @@ def test_train_writes_a_loadable_self_describing_checkpoint(model):
     assert payload["config"]["data"]["image_size"] == "auto" and extra["working_scale"] == 1.0  # 37x45: own size
     # every training image is calibrated on (6 left out of the bank one at a time, 2 held out)
     assert len(calibration["image_scores"]) == 8
+    score = payload["config"]["score"]  # threshold = the configured quantile of those scores x the margin
+    expected = np.quantile(calibration["image_scores"], score["threshold_quantile"]) * score["threshold_margin"]
+    assert calibration["threshold"] == pytest.approx(expected, rel=1e-9)
     assert extra["channels"] == 3 and extra["factors"] == [1, 2]
     assert not list(model.parent.glob(".model.pt.*"))  # no temporary left behind
 
