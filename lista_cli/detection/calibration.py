@@ -7,7 +7,7 @@ moves it. The threshold is a quantile of those scores times a margin; normalised
 divide by it, so 1.0 is the threshold. The default takes the upper quartile (the bulk of
 normal images; the top tail belongs to a few odd ones, e.g. unlabelled hairs on kolektor)
 and a margin of 1.5 (new normal images of a line often score higher as a whole than the
-training ones: on 5 of the 10 dev sets the good test images' median is 1.2x theirs).
+training ones: on 4 of the 10 dev sets the good test images' median is 1.16-1.28x theirs).
 
 Masks get their own, lower threshold: the pixel level that gives the best pixel F1 on the
 validation defects. Within an anomalous image, the defect's flanks score below the image
