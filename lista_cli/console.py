@@ -91,8 +91,7 @@ def print_train_summary(summary: Any, out: Path) -> None:
         f"{summary.channels} channel(s), {summary.steps} steps per scale in {summary.seconds:.1f}s; "
         f"image threshold {summary.threshold:.4g}, mask threshold {summary.pixel_threshold:.4g}"
     )
-    compared = ", ".join(f"{label} {score:.3f}" for label, score in summary.size_scores.items())
-    say(f"  working size {summary.image_size}" + (f" (validation: {compared})" if compared else ""))
+    say(f"  working size {summary.image_size}")
     for scale in summary.scales:
         say(
             f"  scale 1/{scale['factor']}: subspace rank {scale['rank']}, validation "

@@ -9,7 +9,7 @@ from lista_cli.config import Config
 from lista_cli.detection.calibration import calibrate, pixel_threshold
 from lista_cli.detection.defects import FAMILIES, drawn_defect
 from lista_cli.detection.validation import make_validation_set, sampled
-from lista_cli.detection.working_size import candidates
+from lista_cli.detection.working_size import working_size
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -84,18 +84,20 @@ def test_calibrate_takes_a_quantile_times_the_margin():
 @pytest.mark.parametrize(
     "shapes, expected",
     [
-        ([(128, 128)] * 3, [128]),
-        ([(160, 160)] * 3, [128, 160]),
-        ([(625, 250), (630, 250)], [128, 250]),
-        ([(1024, 1024)], [128, 256, 512]),
-        ([(256, 4096)] * 2, [128]),  # a line-scan strip: its area bounds the size
+        ([(128, 128)] * 3, 128),  # never upsampled
+        ([(160, 160), (100, 600), (900, 170)], 160),  # median shorter side
+        ([(625, 250), (630, 250)], 250),
+        ([(1024, 1024)], 256),
+        ([(460, 1130)] * 2, 256),
+        ([(256, 4096)] * 2, 256),  # a line-scan strip keeps its 1 Mpx
+        ([(256, 8192)] * 2, 181),  # ... a longer one is bounded by its area
     ],
 )
-def test_candidate_sizes(shapes, expected):
-    sizes = candidates(shapes, "auto", 8)
+def test_working_size_rule(shapes, expected):
+    size = working_size(shapes, "auto")
     shorter = np.median([min(s) for s in shapes])
-    assert [round(shorter * s.factor) for s in sizes] == expected
-    assert candidates(shapes, 200, 8)[0].image_size == 200 and candidates(shapes, None, 8)[0].image_size is None
+    assert round(shorter * size.factor) == expected and size.side == expected
+    assert working_size(shapes, 200).image_size == 200 and working_size(shapes, None).image_size is None
 
 
 def test_training_defects_mix_cutpaste_and_drawn_families_when_asked():

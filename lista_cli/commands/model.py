@@ -46,12 +46,12 @@ def train(
         with progress_bar(quiet) as progress:
             total = cfg.train.steps * len(cfg.data.scales) if cfg.model.learn else 0
             task = progress.add_task("train", total=total, info="")
-            state = {"val": float("nan")}
+            state = {"val": "-"}  # no validation yet
 
             def on_step(step: int, loss: float, val: float | None) -> None:
                 if val is not None:
-                    state["val"] = val
-                progress.update(task, completed=step, info=f"loss {loss:.4f}  validation {state['val']:.3f}")
+                    state["val"] = f"{val:.3f}"
+                progress.update(task, completed=step, info=f"loss {loss:.4f}  validation {state['val']}")
 
             summary = run_train(
                 data_dir,

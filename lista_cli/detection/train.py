@@ -1,4 +1,4 @@
-"""Training on normal images only: working size, PCA init, unfolding supervised by synthetic defects, calibration."""
+"""Training on normal images only: PCA init, unfolding supervised by synthetic defects, calibration."""
 
 from __future__ import annotations
 
@@ -21,12 +21,11 @@ from .defects import FAMILIES, drawn_defect
 from .detector import Calibration, Detector, Scale
 from .mixing import StepValidation, choose_weights, component_maps
 from .resampling import downsample
-from .scales import choose_size, shape_at
+from .scales import init_scale, usable_factors
 from .sparse_levels import sparse_divisors
-from .training_data import at_size, load_training_arrays, training_folder
+from .training_data import TrainError, load_training_images, training_folder
 from .typicality import MAX_BANK_CANDIDATES
 from .validation import ValidationSet, make_validation_set
-from .working_size import candidates
 
 TRAINING_FAMILIES = list(FAMILIES)
 
@@ -42,7 +41,6 @@ class TrainSummary:
     pixel_threshold: float
     seconds: float
     image_size: str = ""  # the working size, e.g. "250 px (x1)"
-    size_scores: dict[str, float] = field(default_factory=dict)  # validation score of each candidate size
     sparse_share: float = 1.0  # weight of the sparse-part maps against the code maps
     residual_weight: float = 0.0  # weight of the residual-level maps relative to the code maps
     sparse_smoothing: str = "gaussian"  # smoothing of the sparse-part maps (score.sparse_smoothing)
@@ -54,12 +52,13 @@ class TrainSummary:
 
 
 def _random_crops(images: list[torch.Tensor], count: int, size: int, rng: torch.Generator) -> torch.Tensor:
-    """(count, C, size, size) random crops with random horizontal and vertical flips."""
+    """(count, C, side, side) random crops with random horizontal and vertical flips, from
+    images of any sizes: side = `size`, or the smallest side of the images drawn if less."""
+    picked = [images[int(torch.randint(len(images), (), generator=rng))] for _ in range(count)]
+    side = min([size] + [min(image.shape[-2:]) for image in picked])
     crops = []
-    for _ in range(count):
-        image = images[int(torch.randint(len(images), (), generator=rng))]
+    for image in picked:
         height, width = image.shape[-2:]
-        side = min(size, height, width)
         top = int(torch.randint(height - side + 1, (), generator=rng))
         left = int(torch.randint(width - side + 1, (), generator=rng))
         crop = image[:, top : top + side, left : left + side]
@@ -216,51 +215,48 @@ def train(
     warn: Callable[[str], None] = lambda message: None,
     on_total: Callable[[int], None] | None = None,
 ) -> TrainSummary:
-    """Choose the working size, train a model per image scale on the normal images under
+    """Train a model per image scale on the normal images under
     `data_dir`, mix and calibrate their maps and write the checkpoint `out`. `on_step`
     counts steps over all scales; `on_total` is told their number once the scales are known."""
     started = time.perf_counter()
     cfg = config
-    folder = training_folder(data_dir)
-    arrays, channels, skipped = load_training_arrays(data_dir, cfg, warn)
-    held_arrays, fitting_arrays = _split(arrays, cfg)
-    held_count = len(held_arrays)
-
-    sizes = candidates([a.shape[:2] for a in arrays], cfg.data.image_size, cfg.patch.size)
-    reference = sizes[-1]  # validation defects are drawn at the largest candidate size
-    held_reference = at_size(held_arrays, channels, reference, cfg.patch.size, folder)
-    validation = make_validation_set(held_reference, cfg, cfg.train.seed)
-    choice = choose_size(fitting_arrays, channels, sizes, validation, cfg, folder, warn)
-    fitting, size = choice.images, choice.size
-    held_out = held_reference if size == reference else at_size(held_arrays, channels, size, cfg.patch.size, folder)
-    shape = shape_at(validation, size, reference)
+    loaded = load_training_images(data_dir, cfg, warn)
+    channels, size = loaded.channels, loaded.size
+    held_out, fitting = _split(loaded.tensors, cfg)
+    held_count = len(held_out)
+    validation = make_validation_set(held_out, cfg, cfg.train.seed)
+    shape = tuple(validation.images.shape[-2:])
+    factors = usable_factors(fitting, cfg, warn)
+    if not factors:
+        raise TrainError(f"{training_folder(data_dir)}: no image scale holds a {cfg.patch.size} px patch")
+    scales = [init_scale(fitting, cfg, factor) for factor in factors]
 
     cfg = copy.deepcopy(cfg)
-    cfg.data.scales = [scale.factor for scale in choice.scales]  # the checkpoint's config names the scales it holds
+    cfg.data.scales = [scale.factor for scale in scales]  # the checkpoint's config names the scales it holds
     steps = cfg.train.steps if cfg.model.learn else 0
     if on_total:
-        on_total(steps * len(choice.scales))
+        on_total(steps * len(scales))
     summaries = [
         train_layers(scale, fitting, validation, shape, cfg, channels, _counted(on_step, number * steps))
-        for number, scale in enumerate(choice.scales)
+        for number, scale in enumerate(scales)
     ]
     if cfg.score.sparse_damping:  # needs the trained layers; before the maps are mixed and calibrated
-        for scale, summary in zip(choice.scales, summaries, strict=True):
+        for scale, summary in zip(scales, summaries, strict=True):
             if scale.bank is not None:
                 divisors = sparse_divisors(scale, fitting, cfg.patch.size, cfg.patch.stride, channels, cfg.train.seed)
                 scale.bank.sparse_divisors = divisors
                 summary.damped_codes, summary.bank_codes = int((divisors > 1).sum()), len(divisors)
                 summary.largest_divisor = float(divisors.max())
-    detector = Detector(choice.scales, cfg, channels, working_scale=size.factor)
-    if cfg.score.context and cfg.score.bank_size and all(scale.bank is not None for scale in choice.scales):
+    detector = Detector(scales, cfg, channels, working_scale=size.factor)
+    if cfg.score.context and cfg.score.bank_size and all(scale.bank is not None for scale in scales):
         p = cfg.patch
         detector.context = build_context(
-            choice.scales, fitting, p.size, p.stride, cfg.score.bank_size, cfg.train.seed, MAX_BANK_CANDIDATES
+            scales, fitting, p.size, p.stride, cfg.score.bank_size, cfg.train.seed, MAX_BANK_CANDIDATES
         )
 
     mix, validation_maps = _mix_and_calibrate(detector, fitting, held_out, validation, shape)
     summary = TrainSummary(
-        images=len(arrays),
+        images=len(loaded.tensors),
         held_out=held_count,
         channels=channels,
         steps=steps,
@@ -269,7 +265,6 @@ def train(
         pixel_threshold=detector.pixel_threshold,
         seconds=time.perf_counter() - started,
         image_size=size.label,
-        size_scores=choice.scores,
         sparse_share=mix.sparse_share,
         residual_weight=mix.residual_weight,
         sparse_smoothing=mix.sparse_smoothing,
@@ -277,7 +272,7 @@ def train(
         val_families=validation.score(validation_maps)[1],
         level_reference=detector.calibration.level_reference,
         level_cap=detector.calibration.level_cap,
-        skipped=skipped,
+        skipped=loaded.skipped,
     )
     save_checkpoint(out, detector, extra={"summary": summary.__dict__})
     return summary

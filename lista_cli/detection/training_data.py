@@ -1,19 +1,25 @@
-"""The normal training images: found under a folder, read, and brought to a working size."""
+"""The normal training images: found under a folder, read one at a time and brought to the
+working size as they are read (a folder of large photos never sits in memory at full size)."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..config import Config
 from ..errors import ListaError
-from ..io.imageio import ImageError, read_image
+from ..io.imageio import ImageError, read_image, working_shape
 from ..io.inputs import collect_inputs
 from .resampling import to_tensor
-from .working_size import WorkingSize
+from .working_size import WorkingSize, working_size
+
+MIN_IMAGES = 2  # training needs at least this many usable normal images
 
 
 class TrainError(ListaError):
@@ -38,33 +44,68 @@ def training_images(data_dir: Path) -> list:
     return found.images
 
 
-def load_training_arrays(
-    data_dir: Path, config: Config, warn: Callable[[str], None]
-) -> tuple[list[np.ndarray], int, list[str]]:
-    """Read every image under the folder at its own size; unreadable ones are skipped."""
+@dataclass
+class TrainingImages:
+    """The usable normal images of a folder at the working size."""
+
+    tensors: list[torch.Tensor]  # (C, h, w) each, at the working size
+    paths: list[Path]  # the file of each tensor
+    channels: int
+    size: WorkingSize
+    skipped: list[str] = field(default_factory=list)  # files left out, each with a warning
+
+
+def _header_shape(path: Path) -> tuple[int, int] | None:
+    """(height, width) from the file's header, without decoding it; None if unreadable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as image:
+                width, height = image.size
+        return height, width
+    except Exception:  # noqa: BLE001 - read_image names the problem when the file is decoded
+        return None
+
+
+def _has_colour(array: np.ndarray) -> bool:
+    return array.shape[-1] == 3 and not (np.ptp(array, axis=-1) < 1e-6).all()
+
+
+def load_training_images(data_dir: Path, config: Config, warn: Callable[[str], None]) -> TrainingImages:
+    """Read the folder's images at the working size (working_size.py, from the headers'
+    shapes). Unreadable images and images smaller than one patch at the working size are
+    skipped with a warning naming them; TrainError if fewer than MIN_IMAGES remain."""
     folder = training_folder(data_dir)
-    arrays, skipped = [], []
-    for item in training_images(data_dir):
+    patch = config.patch.size
+    items = training_images(data_dir)
+    shapes = [_header_shape(item.path) for item in items]
+    size = working_size([s for s in shapes if s is not None] or [(patch, patch)], config.data.image_size)
+    fixed = None if config.data.channels == "auto" else (3 if config.data.channels == "rgb" else 1)
+    tensors, paths, colours, skipped = [], [], [], []
+    for item in items:
         try:
-            arrays.append(read_image(item.path))
+            array = read_image(item.path)
         except ImageError as exc:
             warn(f"skipped {exc}")
             skipped.append(str(item.path))
-    if len(arrays) < 2:
-        raise TrainError(f"{folder}: need at least 2 readable normal images, found {len(arrays)}")
-    mode = config.data.channels
-    if mode == "auto":
-        colour = any(a.shape[-1] == 3 and not (np.ptp(a, axis=-1) < 1e-6).all() for a in arrays)
-        channels = 3 if colour else 1
-    else:
-        channels = 3 if mode == "rgb" else 1
-    return arrays, channels, skipped
-
-
-def at_size(arrays: list[np.ndarray], channels: int, size: WorkingSize, patch: int, folder: Path) -> list[torch.Tensor]:
-    """The images as (C, h, w) tensors at a working size; an image smaller than a patch is an error."""
-    tensors = [to_tensor(a, channels, size.image_size, size.factor) for a in arrays]
-    smallest = min(min(t.shape[-2:]) for t in tensors)
-    if smallest < patch:
-        raise TrainError(f"{folder}: an image is {smallest} px on a side, smaller than the patch size {patch}")
-    return tensors
+            continue
+        height, width = working_shape(array.shape[0], array.shape[1], size.image_size, size.factor)
+        if min(height, width) < patch:
+            warn(
+                f"skipped {item.path}: image is {array.shape[1]}x{array.shape[0]} px, {width}x{height} at the"
+                f" working size, smaller than one {patch}x{patch} patch"
+            )
+            skipped.append(str(item.path))
+            continue
+        colour = _has_colour(array)
+        own = fixed or (3 if colour else 1)  # channels before the folder's are known
+        tensors.append(to_tensor(array, own, size.image_size, size.factor))
+        paths.append(item.path)
+        colours.append(colour)
+    if len(tensors) < MIN_IMAGES:
+        raise TrainError(f"{folder}: need at least {MIN_IMAGES} usable normal images, found {len(tensors)}")
+    channels = fixed or (3 if any(colours) else 1)
+    for index, tensor in enumerate(tensors):
+        if tensor.shape[0] != channels:  # gray tensor, colour folder: repeating commutes with the resize
+            tensors[index] = tensor.expand(channels, -1, -1).contiguous()
+    return TrainingImages(tensors, paths, channels, size, skipped)

@@ -1,12 +1,12 @@
-"""The working resolution: which image size the models see, chosen per texture.
+"""The working resolution: which image size the models see, set by a rule on the normal images.
 
-A fixed 128 px loses a metal mesh's 1-2 px wires and a commutator's thin cracks, while a
-coarse texture gains nothing from more pixels but cost. With `data.image_size: auto`,
-training compares a few candidate sizes on the validation set (untrained models, defects
-drawn at the largest candidate, so thin ones stay thin there) and keeps the best; the
-smaller wins near-ties, since it is faster. Every image is scaled by the same factor, so
-texture keeps one physical scale across images of different sizes (crops of a part).
-A number fixes the shorter side as before; null keeps each image's own size.
+With `data.image_size: auto` every image is scaled by one factor, so texture keeps one
+physical scale across images of different sizes (crops of a part, strips, photos): the
+factor brings the images' median shorter side down to SIDE px (never up), and a typical
+image's area to at most MAX_AREA model px (bounds time and memory on long strips). The
+rule replaced a search among candidate sizes on synthetic validation defects, which picked
+sizes that real defects punished on textures outside the dev sets (docs/accuracy.md).
+A number fixes the shorter side of each image; null keeps each image's own size.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SIDES = (128, 256, 512)  # candidate shorter sides (px) below the images' own
-MAX_AREA = 512 * 512  # model px of a typical image at any candidate (bounds time and memory)
-TIE = 0.003  # a larger size must beat a smaller one by more than this validation score
+SIDE = 256  # median shorter side (px) at the working size
+MAX_AREA = 1024 * 1024  # model px of a typical image (a 4096 x 256 strip keeps its size)
 
 
 @dataclass(frozen=True)
@@ -42,13 +41,10 @@ def typical_shape(shapes: list[tuple[int, int]]) -> tuple[float, float]:
     return float(shorter), float(aspect)
 
 
-def candidates(shapes: list[tuple[int, int]], image_size: int | str | None, patch: int) -> list[WorkingSize]:
-    """Working sizes to compare, smallest first: one when the config fixes it; for auto, the
-    images' own size and the SIDES below it (never upsampled), within MAX_AREA."""
+def working_size(shapes: list[tuple[int, int]], image_size: int | str | None) -> WorkingSize:
+    """The working size of a training folder whose images have these (h, w) shapes."""
     if image_size != "auto":
-        return [WorkingSize(None, image_size)]  # type: ignore[arg-type]
+        return WorkingSize(None, image_size)  # type: ignore[arg-type]
     shorter, aspect = typical_shape(shapes)
-    largest = min(shorter, (MAX_AREA / aspect) ** 0.5)
-    sides = sorted({side for side in SIDES if side < largest} | {largest})
-    sides = [side for side in sides if side >= 4 * patch] or [largest]
-    return [WorkingSize(min(1.0, side / shorter), side=round(side)) for side in sides]
+    side = min(shorter, SIDE, (MAX_AREA / aspect) ** 0.5)
+    return WorkingSize(min(1.0, side / shorter), side=round(side))
