@@ -33,7 +33,22 @@ app.command("config")(model.show_config)
 
 
 def main() -> None:
-    app()
+    """The console script: run the command; a stdout closed by the reader (`| head`) ends it quietly."""
+    import sys
+
+    from .console import EXIT_PIPE, silence_stdout
+
+    try:
+        app()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        silence_stdout()
+        code = EXIT_PIPE
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ from Text objects."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 import traceback
 import warnings
 from contextlib import contextmanager
@@ -17,14 +19,16 @@ from rich.console import Console
 from rich.text import Text
 
 EXIT_OK, EXIT_USER, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERNAL = 0, 1, 2, 3, 4
+EXIT_PIPE = 141  # 128 + SIGPIPE: what the shell reports for `yes | head -n 1`
 
 err = Console(stderr=True, markup=False, emoji=False, highlight=False)
 
 
 @contextmanager
 def errors(debug: bool):
-    """Print a user error as one line and exit 1; anything unexpected exits 4."""
-    from .errors import ListaError
+    """Print a user error (or an OS failure: permission, disk full, ...) as one line and exit
+    1; a closed stdout ends the run quietly with 141; anything unexpected exits 4."""
+    from .errors import ListaError, os_problem
 
     def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
         say(f"warning: {message}")  # one plain line, e.g. a renamed config key
@@ -42,6 +46,15 @@ def errors(debug: bool):
         raise typer.Exit(130) from None
     except typer.Exit:
         raise
+    except BrokenPipeError:  # `lista detect ... --json | head -n 1`: what was written stays
+        silence_stdout()
+        raise typer.Exit(EXIT_PIPE) from None
+    except OSError as exc:  # an OS failure no layer below named: the path and the problem
+        if debug:
+            traceback.print_exc()
+        where = "".join(f"{name}: " for name in (exc.filename, exc.filename2) if name)
+        err.print(Text.assemble(("error:", "bold red"), f" {where}{os_problem(exc)}"), soft_wrap=True)
+        raise typer.Exit(EXIT_USER) from None
     except Exception as exc:  # noqa: BLE001 - last-resort report
         if debug:
             traceback.print_exc()
@@ -54,6 +67,16 @@ def errors(debug: bool):
         raise typer.Exit(EXIT_INTERNAL) from None
     finally:
         warnings.showwarning = previous
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush into a closed pipe is quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout is no file (a test runner's buffer)
+        pass
 
 
 def progress_bar(quiet: bool):

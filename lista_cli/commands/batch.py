@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -63,7 +64,7 @@ def detect(
     with errors(debug):
         from ..io.batch import detect as run_detect
         from ..io.inputs import parse_shard, select_shard
-        from ..io.outputs import failures_path, write_failures
+        from ..io.outputs import failures_path, merge_failures
 
         shard_spec = parse_shard(shard)
         found, detector = _prepare_detect(
@@ -83,10 +84,10 @@ def detect(
                 on_failure=report_failure,
                 on_progress=lambda n: progress.advance(task, n),
                 on_warning=lambda m: quiet or say(f"warning: {m}"),
+                model_path=model,
             )
         failures = found.problems + summary.failures
-        if failures:
-            write_failures(failures_path(out, shard_spec), failures)
+        merge_failures(failures_path(out, shard_spec), failures, {str(item.path) for item in images})
         if report and shard_spec is None:
             from ..io.report import detect_report
 
@@ -111,12 +112,12 @@ def _prepare_detect(model, inputs, out, recursive, ext, shard, threshold, report
         from ..io.report import require_libraries
 
         require_libraries()  # a missing extra is reported before any work
-    found = gather_inputs(inputs, recursive, ext)
     check_output_dir(out)
+    found = gather_inputs(inputs, recursive, ext, out)
+    if threshold is not None and not (math.isfinite(threshold) and threshold > 0):
+        raise ListaError(f"--threshold {threshold:g}: expected a finite score above 0")
     detector = load_model(model, device, threads)
     if threshold is not None:
-        if threshold <= 0:
-            raise ListaError(f"--threshold {threshold:g}: expected a score above 0")
         detector.override_threshold(threshold)
     return found, detector
 

@@ -79,11 +79,12 @@ BoundaryOpt = Annotated[
 ]
 
 
-def gather_inputs(inputs: list[str], recursive: bool, ext: str | None):
-    """Collect images; inputs naming nothing are reported and fatal only when nothing is left."""
+def gather_inputs(inputs: list[str], recursive: bool, ext: str | None, out: Path | None = None):
+    """Collect images (never the outputs lista wrote into `out`); inputs naming nothing are
+    reported and fatal only when nothing is left."""
     from ..io.inputs import InputError, collect_inputs, parse_extensions
 
-    found = collect_inputs(inputs, recursive=recursive, extensions=parse_extensions(ext))
+    found = collect_inputs(inputs, recursive=recursive, extensions=parse_extensions(ext), out_dir=out)
     if not found.images:
         reasons = "; ".join(message for _, message in found.problems) or "no inputs"
         raise InputError(f"no images to process: {reasons}")

@@ -5,22 +5,28 @@ Resumable: every output file is written atomically, the raw map last; then the i
 region rows are appended to the regions file and its row to the scores file, each flushed.
 With `skip_existing`, images that have a scores row and all three files are not scored
 again, and region rows of images without a scores row (a run killed in between) are dropped.
+A run into a folder with rows from earlier runs keeps them (the same model only, see
+manifest.py), replacing those of the images it scores again.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..detection.regions import REGION_COLUMNS
+from ..errors import OutputError, write_error
 from .imageio import ImageError, atomic_write, read_image
 from .inputs import InputImage, shard_suffix
-from .outputs import OutputError, check_output_dir, failures_path, write_failures
+from .manifest import check_manifest, folder_lock, model_identity
+from .outputs import check_output_dir, failures_path, write_failures
 from .writer import output_paths, write_outputs
 
 if TYPE_CHECKING:  # the batch runner also runs exported models (onnx_model), without torch
@@ -48,40 +54,80 @@ def regions_path(out_dir: Path, shard: tuple[int, int] | None = None) -> Path:
     return out_dir / f"regions{shard_suffix(shard)}.csv"
 
 
-def _open_regions(path: Path, done: set[str]) -> io.TextIOWrapper:
-    """Open the regions file for appending, keeping only the rows of images in `done` (those
-    with a scores row); without `done` (a fresh run) start a new file."""
-    rows: list[list[str]] = []
-    if done and path.exists():
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.reader(handle)
-            if next(reader, None) != REGION_FILE_COLUMNS:
-                raise OutputError(f"{path}: exists but is not a lista regions file; remove it or choose another --out")
-            rows = [row for row in reader if len(row) == len(REGION_FILE_COLUMNS) and row[0] in done]
-    buffer = io.StringIO()
-    csv.writer(buffer).writerows([REGION_FILE_COLUMNS, *rows])
-    atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"))
-    return open(path, "a", newline="", encoding="utf-8")
-
-
-def _open_scores(path: Path, resume: bool) -> tuple[io.TextIOWrapper, set[str]]:
-    """Open the scores file for appending; on resume keep its complete rows and return their images."""
-    done: set[str] = set()
-    if resume and path.exists():
+def _read_rows(path: Path, columns: list[str], kind: str) -> list[list[str]]:
+    """The complete rows of an existing lista CSV file (a row cut off by a kill is dropped);
+    [] when there is none. OutputError if the file is something else."""
+    if not path.exists():
+        return []
+    if not path.is_file():
+        raise OutputError(f"{path}: exists and is not a file; remove it or choose another --out")
+    try:
         text = path.read_text(encoding="utf-8")
-        if text and not text.endswith("\n"):  # a row cut off by a kill: drop it
-            text = text[: text.rfind("\n") + 1]
-            atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-        rows = list(csv.DictReader(io.StringIO(text)))
-        if text and (not rows and not text.startswith("image,")):
-            raise OutputError(f"{path}: exists but is not a lista scores file; remove it or choose another --out")
-        done = {row["image"] for row in rows}
-        if text:
-            return open(path, "a", newline="", encoding="utf-8"), done
-    handle = open(path, "w", newline="", encoding="utf-8")
-    csv.writer(handle).writerow(SCORE_COLUMNS)
-    handle.flush()
-    return handle, done
+    except UnicodeDecodeError:
+        raise OutputError(f"{path}: exists but is not a lista {kind} file; remove it or choose another --out") from None
+    if not text:
+        return []
+    text = text[: text.rfind("\n") + 1]  # a row cut off by a kill: dropped
+    reader = csv.reader(io.StringIO(text))
+    if next(reader, None) != columns:
+        raise OutputError(f"{path}: exists but is not a lista {kind} file; remove it or choose another --out")
+    return [row for row in reader if len(row) == len(columns)]
+
+
+def _rewrite(path: Path, columns: list[str], rows: list[list[str]]) -> io.TextIOWrapper:
+    """Write `rows` under the header atomically, then open the file for appending."""
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows([columns, *rows])
+    atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"))
+    try:
+        return open(path, "a", newline="", encoding="utf-8")
+    except OSError as exc:
+        raise write_error(path, exc) from None
+
+
+def _earlier_rows(
+    out_dir: Path, scores: Path, images: list[InputImage], skip_existing: bool
+) -> tuple[list[list[str]], set[str]]:
+    """The rows of earlier runs this run keeps, and the images it skips (done before).
+
+    A row stays unless this run writes the same outputs again; with `skip_existing` an image
+    whose row and three files are there is not scored again (its row stays)."""
+    planned = {}
+    for item in images:
+        paths = output_paths(out_dir, item.name)
+        planned[paths["map"].relative_to(out_dir).as_posix()] = (item, paths)
+    kept, done = [], set()
+    for row in _read_rows(scores, SCORE_COLUMNS, "scores"):
+        mine = planned.get(row[SCORE_COLUMNS.index("map")])
+        if mine is None:
+            kept.append(row)
+        elif skip_existing and row[0] == str(mine[0].path) and _complete(mine[1]):
+            kept.append(row)
+            done.add(row[0])
+    return kept, done
+
+
+@contextmanager
+def _closing(handle: io.TextIOWrapper) -> Iterator[io.TextIOWrapper]:
+    """Close `handle` at the end; a failed last flush is an OutputError naming the file,
+    unless an error is already on its way (that one is reported)."""
+    try:
+        yield handle
+    finally:
+        failing = sys.exc_info()[0] is not None
+        try:
+            handle.close()
+        except OSError as exc:
+            if not failing:
+                raise write_error(handle.name, exc) from None
+
+
+def _append(handle: io.TextIOWrapper, rows: list[list[Any]]) -> None:
+    try:
+        csv.writer(handle).writerows(rows)
+        handle.flush()
+    except OSError as exc:
+        raise write_error(handle.name, exc) from None
 
 
 def _complete(paths: dict[str, Path]) -> bool:
@@ -111,27 +157,47 @@ def detect(
     on_failure: Callable[[str, str], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
     on_warning: Callable[[str], None] | None = None,
+    model_path: Path | None = None,
 ) -> DetectSummary:
     """Score every image; write its outputs and one scores row as soon as it is done.
 
-    A bad image is recorded as a failure and the batch goes on."""
+    The folder is locked for the run and its manifest checked (same model and thresholds as
+    the runs before); rows of earlier runs stay unless this run scores the same outputs
+    again. A bad image is recorded as a failure and the batch goes on; a failed write stops
+    it (OutputError naming the file), keeping every row written before."""
     started = time.perf_counter()
     check_output_dir(out_dir)
     run = _Run(detector, out_dir, DetectSummary(), on_failure, on_warning)
-    if skip_existing:
-        remove_stale_temporaries(out_dir, images)
-    handle, done = _open_scores(scores_path(out_dir, shard), skip_existing)
-    with handle, _open_regions(regions_path(out_dir, shard), done) as region_handle:
-        for start in range(0, len(images), batch):
-            chunk = images[start : start + batch]
-            loaded = run.load(chunk, done if skip_existing else set())
-            results = detector.detect_batch([array for _, array, _ in loaded]) if loaded else []
-            for (item, array, paths), result in zip(loaded, results, strict=True):
-                row = run.write(item, array, paths, result, handle, region_handle)
-                if on_result:
-                    on_result(row)
-            if on_progress:
-                on_progress(len(chunk))
+    scores = scores_path(out_dir, shard)
+    with folder_lock(out_dir, shard):
+        check_manifest(out_dir, model_identity(detector, model_path))
+        if skip_existing:
+            remove_stale_temporaries(out_dir, images)
+        kept, done = _earlier_rows(out_dir, scores, images, skip_existing)
+        kept_images = {row[0] for row in kept}
+        regions = regions_path(out_dir, shard)
+        region_rows = [row for row in _read_rows(regions, REGION_FILE_COLUMNS, "regions") if row[0] in kept_images]
+        try:
+            with (
+                _closing(_rewrite(scores, SCORE_COLUMNS, kept)) as handle,
+                _closing(_rewrite(regions, REGION_FILE_COLUMNS, region_rows)) as region_handle,
+            ):
+                for start in range(0, len(images), batch):
+                    chunk = images[start : start + batch]
+                    loaded = run.load(chunk, done)
+                    results = detector.detect_batch([array for _, array, _ in loaded]) if loaded else []
+                    for (item, array, paths), result in zip(loaded, results, strict=True):
+                        row = run.write(item, array, paths, result, handle, region_handle)
+                        if on_result:
+                            on_result(row)
+                    if on_progress:
+                        on_progress(len(chunk))
+        except OutputError as exc:
+            done_now = run.summary.processed + run.summary.skipped
+            raise OutputError(
+                f"{exc}; the {done_now} images done before are kept in {scores}: free the space or fix the"
+                " folder, then rerun with --skip-existing"
+            ) from None
     run.summary.seconds = time.perf_counter() - started
     return run.summary
 
@@ -145,11 +211,20 @@ class _Run:
         self.threshold = detector.threshold
         self.out_root = out_dir.resolve()
         self.warned: set[int] = set()
+        config = detector.config  # a Config, or the exported model's dict
+        self.patch = int(config["patch"]["size"] if isinstance(config, dict) else config.patch.size)
 
     def fail(self, item: InputImage, message: str) -> None:
         self.summary.failures.append((str(item.path), message))
         if self.on_failure:
             self.on_failure(str(item.path), message)
+
+    def check_native_size(self, array, path: Path) -> None:
+        """An image must hold one patch at its own size: a smaller one would only be scored
+        after upscaling its few pixels to the model's resolution."""
+        patch, (height, width) = self.patch, array.shape[:2]
+        if min(height, width) < patch:
+            raise ImageError(f"{path}: image is {width}x{height} px, smaller than one {patch}x{patch} patch")
 
     def load(self, chunk: list[InputImage], done: set[str]) -> list[tuple[InputImage, Any, dict[str, Path]]]:
         """The images of `chunk` to score, read and checked; the others skipped (done
@@ -165,6 +240,7 @@ class _Run:
                 continue
             try:
                 array = read_image(item.path)
+                self.check_native_size(array, item.path)
                 self.detector.check_size(array, item.path)
             except ImageError as exc:
                 self.fail(item, str(exc))
@@ -193,13 +269,14 @@ class _Run:
             "anomalous": bool(result.anomalous),
             **{key: path.relative_to(self.out_dir).as_posix() for key, path in paths.items()},
         }
-        csv.writer(region_handle).writerows(
-            [str(item.path), number, *(region[c] for c in REGION_COLUMNS)]
-            for number, region in enumerate(regions, start=1)
+        _append(
+            region_handle,
+            [
+                [str(item.path), number, *(region[c] for c in REGION_COLUMNS)]
+                for number, region in enumerate(regions, start=1)
+            ],
         )
-        region_handle.flush()
-        csv.writer(handle).writerow([row[c] for c in SCORE_COLUMNS])
-        handle.flush()
+        _append(handle, [[row[c] for c in SCORE_COLUMNS]])
         self.summary.processed += 1
         self.summary.anomalous += int(result.anomalous)
         return {**row, "regions": regions}
@@ -207,8 +284,17 @@ class _Run:
 
 def merge_scores(out_dir: Path) -> tuple[int, int]:
     """Join scores.shard-I-of-N.csv (and failures) into scores.csv; every shard must be there.
+    Rows scores.csv holds from earlier runs stay, unless a shard scored the same outputs.
 
-    Returns (rows, shards). An image in two shards' files is an error."""
+    Returns (rows, shards). An image in two shards' files is an error. Refused while a run
+    writes into the folder."""
+    if not out_dir.is_dir():
+        raise OutputError(f"{out_dir}: no such folder")
+    with folder_lock(out_dir):
+        return _merge_shards(out_dir)
+
+
+def _merge_shards(out_dir: Path) -> tuple[int, int]:
     files = sorted(out_dir.glob("scores.shard-*-of-*.csv"))
     if not files:
         raise OutputError(f"{out_dir}: no scores.shard-I-of-N.csv files to merge")
@@ -233,12 +319,23 @@ def merge_scores(out_dir: Path) -> tuple[int, int]:
                 if row[0] in rows and rows[row[0]] != row:
                     raise OutputError(f"{path}: {row[0]} is scored in more than one shard")
                 rows[row[0]] = row
+    maps = {row[SCORE_COLUMNS.index("map")] for row in rows.values()}
+    earlier = [
+        row
+        for row in _read_rows(scores_path(out_dir), SCORE_COLUMNS, "scores")
+        if row[0] not in rows and row[SCORE_COLUMNS.index("map")] not in maps
+    ]
+    earlier_regions = [
+        row
+        for row in _read_rows(regions_path(out_dir), REGION_FILE_COLUMNS, "regions")
+        if row[0] in {r[0] for r in earlier}
+    ]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(SCORE_COLUMNS)
-    writer.writerows(sorted(rows.values()))
+    writer.writerows(sorted([*rows.values(), *earlier]))
     atomic_write(scores_path(out_dir), lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"))
-    _merge_regions(out_dir, total, set(rows))
+    _merge_regions(out_dir, total, set(rows), earlier_regions)
     failures = []
     for index in range(total):
         path = failures_path(out_dir, (index, total))
@@ -250,10 +347,10 @@ def merge_scores(out_dir: Path) -> tuple[int, int]:
     return len(rows), total
 
 
-def _merge_regions(out_dir: Path, total: int, scored: set[str]) -> None:
+def _merge_regions(out_dir: Path, total: int, scored: set[str], earlier: list[list[str]]) -> None:
     """Join regions.shard-I-of-N.csv into regions.csv: the rows of images that have a scores
-    row, in image order (shards from before regions files have none)."""
-    rows: list[list[str]] = []
+    row, and the `earlier` rows kept, in image order (shards from before regions files have none)."""
+    rows: list[list[str]] = list(earlier)
     for index in range(total):
         path = regions_path(out_dir, (index, total))
         if not path.exists():

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
+import secrets
+import stat
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import ListaError
+from ..errors import ListaError, OutputError, write_error
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 Image.MAX_IMAGE_PIXELS = 20_000 * 20_000
@@ -22,6 +23,13 @@ class ImageError(ListaError):
     """An input image that cannot be used; the message names the file and the problem."""
 
 
+class ImageWarning(UserWarning):
+    """An image that is used, but not all of it (the first frame of an animation)."""
+
+
+EXIF_ORIENTATION = 0x0112
+
+
 def _to_array(image: Image.Image) -> np.ndarray:
     """PIL image of any common mode -> float32 (H, W, C) in [0, 1], C = 1 or 3."""
     mode = image.mode
@@ -29,11 +37,8 @@ def _to_array(image: Image.Image) -> np.ndarray:
         return (np.asarray(image, dtype=np.float32) / 65535.0)[..., None]
     if mode in ("I", "F"):
         values = np.asarray(image, dtype=np.float32)
-        peak = (
-            1.0
-            if mode == "F" and values.max(initial=0) <= 1.0
-            else (255.0 if values.max(initial=0) <= 255 else 65535.0)
-        )
+        top = np.nanmax(values, initial=0) if mode == "F" else values.max(initial=0)
+        peak = 1.0 if mode == "F" and top <= 1.0 else (255.0 if top <= 255 else 65535.0)
         return np.clip(values / peak, 0.0, 1.0)[..., None]
     if mode in ("1", "L"):
         return (np.asarray(image.convert("L"), dtype=np.float32) / 255.0)[..., None]
@@ -46,7 +51,10 @@ def _to_array(image: Image.Image) -> np.ndarray:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file -> float32 (H, W, C) in [0, 1]. Raises ImageError naming the file."""
+    """Read an image file -> float32 (H, W, C) in [0, 1], as a viewer shows it (EXIF
+    orientation applied). Raises ImageError naming the file: unreadable, corrupt, or with
+    pixels that are not finite numbers. A file of several frames gives its first, with an
+    ImageWarning naming it."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -61,16 +69,35 @@ def read_image(path: str | Path) -> np.ndarray:
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data)) as image:
                 image.load()
-                array = _to_array(image)
+                frames = getattr(image, "n_frames", 1)
+                upright = _upright(image)
+                array = _to_array(upright)
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image file (unrecognised format)") from None
     except Image.DecompressionBombError:
         raise ImageError(f"{path}: image is too large to decode safely") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"{path}: truncated or corrupt image ({exc})") from None
     if array.shape[0] < 1 or array.shape[1] < 1:
         raise ImageError(f"{path}: image has no pixels")
+    if upright.mode == "F":  # only float images can hold NaN or infinity
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise ImageError(f"{path}: {bad} of {array[..., 0].size} pixels are NaN or infinite; cannot score it")
+    if frames > 1:
+        warnings.warn(f"{path}: has {frames} frames; only the first is used", ImageWarning, stacklevel=2)
     return array
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation tag says (as viewers show it); unchanged without one."""
+    try:
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - a damaged EXIF block: use the pixels as stored
+        return image
+    if orientation in (2, 3, 4, 5, 6, 7, 8):
+        return ImageOps.exif_transpose(image)
+    return image
 
 
 def to_channels(array: np.ndarray, channels: int) -> np.ndarray:
@@ -101,17 +128,32 @@ def working_shape(height: int, width: int, image_size: int | None, factor: float
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call write(tmp) on a temporary file beside `path`, then rename it into place."""
+    """Call write(tmp) on a temporary file beside `path`, then rename it into place.
+
+    A new file gets the mode the umask allows (as `open` would give it); a file replaced
+    keeps its mode. A failed write leaves `path` as it was and raises OutputError naming it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    tmp = Path(tmp_name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # 0o666 minus the umask
+    except OSError as exc:
+        raise write_error(path, exc) from None
     try:
         write(tmp)
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode) if path.is_file() else None
+        except OSError:
+            mode = None
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from None
+        if isinstance(exc, RuntimeError) and "write" in str(exc).lower():  # torch.save on a full disk
+            raise OutputError(f"{path}: cannot write: {str(exc).splitlines()[0][:100]}") from None
         raise
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import glob
 import sys
 from dataclasses import dataclass, field
@@ -55,6 +56,45 @@ def _from_folder(folder: Path, recursive: bool, extensions: tuple[str, ...]) -> 
     return [InputImage(p, p.relative_to(folder).with_suffix("")) for p in sorted(found)]
 
 
+OUTPUT_SUFFIXES = ("_heatmap.png", "_mask.png")  # what lista detect writes beside a stem
+
+
+def written_outputs(out_dir: Path) -> set[Path]:
+    """The image files the scores files in `out_dir` name (heatmaps and masks), resolved."""
+    written: set[Path] = set()
+    for scores in out_dir.glob("scores*.csv"):
+        try:
+            with open(scores, newline="", encoding="utf-8") as handle:
+                for row in csv.DictReader(handle):
+                    written.update((out_dir / row[k]).resolve() for k in ("heatmap", "mask") if row.get(k))
+        except (OSError, UnicodeDecodeError, csv.Error):
+            continue  # not a scores file lista can read: nothing it names is excluded
+    return written
+
+
+def _outside_outputs(images: list[InputImage], root: Path, out_dir: Path | None) -> list[InputImage]:
+    """The images found under `root` that are not outputs: the output folder's subtree is left
+    out when it lies inside `root`; when it is `root` itself (or holds it), the files lista
+    wrote there (named in its scores files, or a heatmap or mask beside its image)."""
+    if out_dir is None or not images:
+        return images
+    out_root, folder = out_dir.resolve(), root.resolve()
+    if out_root != folder and out_root.is_relative_to(folder):
+        return [i for i in images if not i.path.resolve().is_relative_to(out_root)]
+    if not folder.is_relative_to(out_root):
+        return images
+    written = written_outputs(out_dir)
+    stems = {i.path.with_suffix("") for i in images}
+    kept = []
+    for item in images:
+        name = item.path.name
+        beside = [name[: -len(s)] for s in OUTPUT_SUFFIXES if name.endswith(s)]
+        if item.path.resolve() in written or any(item.path.with_name(stem) in stems for stem in beside):
+            continue
+        kept.append(item)
+    return kept
+
+
 def _fixed_depth(pattern: str) -> int:
     """How many leading path parts of a glob pattern have no wildcard."""
     parts = PurePath(pattern).parts
@@ -69,6 +109,7 @@ def collect_inputs(
     recursive: bool = True,
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
     stdin_lines: list[str] | None = None,
+    out_dir: Path | None = None,
 ) -> Inputs:
     """Expand files, folders, globs and '-' (one path per line on stdin) into images.
 
@@ -76,7 +117,8 @@ def collect_inputs(
     in a folder keeps its path relative to that folder; an image matched by a glob keeps
     its path relative to the glob's fixed leading folder. An input naming nothing is a
     problem to report, not a reason to stop; two inputs that would write the same output
-    name are an InputError, before any work.
+    name are an InputError, before any work. Folders and globs never yield what lista wrote
+    into `out_dir` (see `_outside_outputs`); a file named directly is always taken.
     """
     found = Inputs()
     for item in items:
@@ -89,7 +131,7 @@ def collect_inputs(
             continue
         path = Path(item)
         if path.is_dir():
-            images = _from_folder(path, recursive, extensions)
+            images = _outside_outputs(_from_folder(path, recursive, extensions), path, out_dir)
             if not images:
                 found.problems.append((item, f"{item}: folder contains no images ({', '.join(extensions)})"))
             found.images.extend(images)
@@ -98,9 +140,12 @@ def collect_inputs(
             matches = sorted(
                 Path(m) for m in glob.glob(item, recursive=True) if Path(m).is_file() and _is_image(Path(m), extensions)
             )
-            if not matches:
+            matched = _outside_outputs(
+                [InputImage(m, m.relative_to(root).with_suffix("")) for m in matches], root, out_dir
+            )
+            if not matched:
                 found.problems.append((item, f"{item}: pattern matches no images"))
-            found.images.extend(InputImage(m, m.relative_to(root).with_suffix("")) for m in matches)
+            found.images.extend(matched)
         elif path.exists() or path.is_symlink():
             found.images.append(InputImage(path, PurePath(path.stem)))
         else:
