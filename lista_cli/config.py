@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 import warnings
@@ -34,7 +35,7 @@ def _opt(default: Any, **rules: Any) -> Any:
 
 @dataclass
 class DataConfig:
-    image_size: int | str | None = _opt("auto", low=8, keywords=("auto",))
+    image_size: int | str | None = _opt("auto", low=8, high=4096, keywords=("auto",))
     channels: str = _opt("auto", choices=("auto", "gray", "rgb"))
     tile_size: int = _opt(1024, low=64)
     scales: list[int] = _opt([1, 2], low=1, high=16)
@@ -192,6 +193,8 @@ def _coerce(key: str, value: Any, kind: Any, rules: dict[str, Any]) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {value!r}")
         value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
     elif kind is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key} must be a string, got {value!r}")

@@ -36,8 +36,10 @@ def train(
     """Train a model on normal images and write one checkpoint file."""
     with errors(debug):
         from ..config import load_config
+        from ..io.outputs import check_output_file
 
         cfg = load_config(config, set_ or [])
+        check_output_file(out)  # a folder or an unwritable place: said now, not after training
         setup_torch(threads or cfg.train.threads)
         from ..detection.train import train as run_train
         from ..detection.training_data import training_images
@@ -99,14 +101,18 @@ def threshold_command(
         setup_torch(threads)
         from ..detection.thresholds import parse_target, set_thresholds
         from ..errors import ListaError
+        from ..io.outputs import check_output_file
 
         if in_place and out is not None:
             raise ListaError("give --out or --in-place, not both")
         if not in_place and out is None:
             raise ListaError("give --out NEW (or --in-place to overwrite the model file)")
+        if max_fpr is not None and not 0 <= max_fpr < 1:  # also NaN
+            raise ListaError(f"--max-fpr {max_fpr:g}: expected a share in [0, 1), e.g. 0.01")
         destination = model if in_place else out
         if not in_place and destination.resolve() == model.resolve():
             raise ListaError(f"--out {out} is the model file itself; use --in-place to overwrite it")
+        check_output_file(destination, "--in-place" if in_place else "--out")
         report = set_thresholds(model, data, destination, max_fpr, parse_target(target), pick_device(device))
         if json_out:
             print(
@@ -139,9 +145,11 @@ def evaluate(
         from ..detection.evaluate import evaluate as run_eval
 
         if report_path is not None:
+            from ..io.outputs import check_output_file
             from ..io.report import require_libraries
 
             require_libraries()  # a missing extra is reported before any work
+            check_output_file(report_path, "--report")
         detector = load_checkpoint(model, pick_device(device))
         report = run_eval(detector, dataset)
         if report_path is not None:
@@ -179,6 +187,9 @@ def export_command(
             raise ListaError(f"--format {format_}: expected onnx")
         if out.resolve() == model.resolve():
             raise ListaError(f"--out {out}: would overwrite the model file")
+        from ..io.outputs import check_output_file
+
+        check_output_file(out)
         from ..detection.export import export, require_onnx
 
         require_onnx()  # a missing extra is reported before the checkpoint is read

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +17,18 @@ from ..console import (
     say,
 )
 from .options import BoundaryOpt, DebugOpt, ExtOpt, JsonOpt, PsfOpt, QuietOpt, RecursiveOpt, gather_inputs
+
+
+def check_apart(inputs: list[str], out: Path) -> None:
+    """--out must not be an input folder or hold one: the restored PNGs would replace or mix
+    with the originals."""
+    from ..errors import ListaError
+
+    out_root = out.resolve()
+    for item in inputs:
+        folder = Path(item)
+        if item != "-" and folder.is_dir() and folder.resolve().is_relative_to(out_root):
+            raise ListaError(f"--out {out}: is, or holds, the input folder {item}; outputs would mix with the inputs")
 
 
 def _run_batch(run, found, out: Path, quiet: bool, json_out: bool, label: str, **kwargs) -> None:
@@ -81,11 +94,12 @@ def deblur(
         from ..restoration.deblur import check_options
         from ..restoration.restore import deblur_images
 
-        alpha_value = check_options(alpha, reg, alpha_rule)  # before any image is read
+        alpha_value = check_options(alpha, reg, alpha_rule, noise_sigma)  # before any image is read
         if reference is not None and not reference.is_dir():
             raise ListaError(f"--reference {reference}: no such folder")
         blur_op = Blur(parse_psf(psf), boundary)
-        found = gather_inputs(inputs, recursive, ext)
+        found = gather_inputs(inputs, recursive, ext, out)
+        check_apart(inputs, out)
         _run_batch(
             deblur_images,
             found,
@@ -119,9 +133,13 @@ def blur(
 ) -> None:
     """Blur images with a PSF and optional noise, to try a deblurring set-up."""
     with errors(debug):
+        from ..errors import ListaError
         from ..restoration.blur import Blur, parse_psf
         from ..restoration.restore import blur_images
 
+        if not (math.isfinite(noise_sigma) and noise_sigma >= 0):
+            raise ListaError(f"--noise-sigma must be a noise std >= 0 (in [0,1] units), got {noise_sigma:g}")
         blur_op = Blur(parse_psf(psf), boundary)
-        found = gather_inputs(inputs, recursive, ext)
+        found = gather_inputs(inputs, recursive, ext, out)
+        check_apart(inputs, out)
         _run_batch(blur_images, found, out, quiet, json_out, "blur", blur=blur_op, noise_sigma=noise_sigma, seed=seed)

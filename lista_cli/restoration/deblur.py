@@ -16,6 +16,7 @@ cross-validation (GCV), which needs no sigma.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -134,22 +135,31 @@ class DeblurResult:
     method: str  # 'dct', 'fft' or 'fft-padded'
 
 
-def check_options(alpha: float | str, reg: str, rule: str | None) -> float | str:
+def check_options(alpha: float | str, reg: str, rule: str | None, noise_sigma: float | None = None) -> float | str:
     """The options of a deblur, checked once for a whole batch: alpha 'auto' or a positive
-    number (a string from the command line is parsed), a known regulariser and rule.
+    finite number (a string from the command line is parsed), a known regulariser and rule,
+    a noise level >= 0; a rule or noise level that alpha would ignore is an error.
     -> alpha as 'auto' or a float; raises DeblurError naming the option."""
     if reg not in REGULARISERS:
         raise DeblurError(f"--reg must be one of {', '.join(REGULARISERS)}, got {reg!r}")
     if rule is not None and rule not in ALPHA_RULES:
         raise DeblurError(f"--alpha-rule must be one of {', '.join(ALPHA_RULES)}, got {rule!r}")
+    if noise_sigma is not None and not (math.isfinite(noise_sigma) and noise_sigma >= 0):
+        raise DeblurError(f"--noise-sigma must be a noise std >= 0 (in [0,1] units), got {noise_sigma:g}")
     if alpha == "auto":
+        if rule == "gcv" and noise_sigma is not None:
+            raise DeblurError("--noise-sigma has no effect with --alpha-rule gcv (GCV needs no noise level)")
         return alpha
     try:
         value = float(alpha)
     except (TypeError, ValueError):
         raise DeblurError(f"--alpha must be 'auto' or a positive number, got {alpha!r}") from None
-    if not value > 0:
-        raise DeblurError(f"--alpha must be positive, got {alpha}")
+    if not (math.isfinite(value) and value > 0):
+        raise DeblurError(f"--alpha must be a positive finite number, got {alpha}")
+    if rule is not None:
+        raise DeblurError(f"--alpha-rule {rule} has no effect with --alpha {alpha}; give --alpha auto to use it")
+    if noise_sigma is not None:
+        raise DeblurError(f"--noise-sigma has no effect with --alpha {alpha}; give --alpha auto to use it")
     return value
 
 
@@ -169,7 +179,7 @@ class Deconvolver:
         noise_sigma: float | None = None,
         rule: str | None = None,
     ) -> None:
-        self.alpha = check_options(alpha, reg, rule)
+        self.alpha = check_options(alpha, reg, rule, noise_sigma)
         self.blur, self.reg, self.noise_sigma = blur, reg, noise_sigma
         self.rule = rule or DEFAULT_RULE[reg]
         self._spectra: dict[tuple[int, int], Spectral] = {}

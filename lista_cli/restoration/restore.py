@@ -99,7 +99,10 @@ def _each_image(
         for index, item in enumerate(images):
             if index + 1 < len(images):
                 reads.append(io_thread.submit(read, images[index + 1]))
+            output = out_dir / (item.name + ".png")
             try:
+                if output.resolve() == item.path.resolve():
+                    raise ListaError(f"{item.path}: its output would replace the image itself; choose another --out")
                 image, bits = reads[index].result()
                 reads[index] = None  # the image is not kept once worked on
                 restored, info = work(item, image)
@@ -110,7 +113,6 @@ def _each_image(
                 if on_progress:
                     on_progress(1)
                 continue
-            output = out_dir / (item.name + ".png")
             settle(pending)
             written = io_thread.submit(save_image, output, restored, bits)
             pending = (item, written, {"image": str(item.path), "output": str(output), **info})
