@@ -132,7 +132,8 @@ def print_table(args: argparse.Namespace) -> None:
     for metric in METRICS:
         base = family_means(baseline, metric)
         print(f"\n#### {metric.replace('_', ' ')}: family mean over sets and seeds (change against {args.baseline})\n")
-        print("| variant | " + " | ".join(families) + " | worst family | replaces baseline | ... with one family left out |")
+        header = [*families, "worst family", "replaces baseline", "... with one family left out"]
+        print("| variant | " + " | ".join(header) + " |")
         print("|---|" + "---|" * (len(families) + 3))
         for name, variant_rows in by_variant.items():
             same = [r for r in variant_rows if (r["set"], r["seed"]) in base_keys]  # compared on common runs
