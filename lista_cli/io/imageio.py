@@ -37,7 +37,7 @@ def _to_array(image: Image.Image) -> np.ndarray:
         return (np.asarray(image, dtype=np.float32) / 65535.0)[..., None]
     if mode in ("I", "F"):
         values = np.asarray(image, dtype=np.float32)
-        top = np.nanmax(values, initial=0) if mode == "F" else values.max(initial=0)
+        top = values.max(initial=0, where=np.isfinite(values)) if mode == "F" else values.max(initial=0)
         peak = 1.0 if mode == "F" and top <= 1.0 else (255.0 if top <= 255 else 65535.0)
         return np.clip(values / peak, 0.0, 1.0)[..., None]
     if mode in ("1", "L"):
@@ -71,6 +71,8 @@ def read_image(path: str | Path) -> np.ndarray:
                 image.load()
                 frames = getattr(image, "n_frames", 1)
                 upright = _upright(image)
+                # only float images can hold NaN or infinity: counted before any scaling or clipping
+                bad = int(np.count_nonzero(~np.isfinite(np.asarray(upright)))) if upright.mode == "F" else 0
                 array = _to_array(upright)
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image file (unrecognised format)") from None
@@ -80,10 +82,8 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageError(f"{path}: truncated or corrupt image ({exc})") from None
     if array.shape[0] < 1 or array.shape[1] < 1:
         raise ImageError(f"{path}: image has no pixels")
-    if upright.mode == "F":  # only float images can hold NaN or infinity
-        bad = int(np.count_nonzero(~np.isfinite(array)))
-        if bad:
-            raise ImageError(f"{path}: {bad} of {array[..., 0].size} pixels are NaN or infinite; cannot score it")
+    if bad:
+        raise ImageError(f"{path}: {bad} of {array[..., 0].size} pixels are NaN or infinite; cannot score it")
     if frames > 1:
         warnings.warn(f"{path}: has {frames} frames; only the first is used", ImageWarning, stacklevel=2)
     return array
