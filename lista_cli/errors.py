@@ -28,8 +28,13 @@ _REASONS = {
 }
 
 
+SHORT_WRITE = "the write stopped short (no space left on the device, or a file-size limit)"
+
+
 def os_problem(exc: OSError) -> str:
     """What an OSError means, in a few words: 'no space left on the device'."""
+    if exc.errno is None and "requested and" in str(exc):  # numpy's short write: '15600 requested and 0 written'
+        return SHORT_WRITE
     return _REASONS.get(exc.errno) or exc.strerror or str(exc)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import ListaError, OutputError, write_error
+from ..errors import SHORT_WRITE, ListaError, OutputError, write_error
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 Image.MAX_IMAGE_PIXELS = 20_000 * 20_000
@@ -152,9 +152,13 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise write_error(path, exc) from None
-        if isinstance(exc, RuntimeError) and "write" in str(exc).lower():  # torch.save on a full disk
-            raise OutputError(f"{path}: cannot write: {str(exc).splitlines()[0][:100]}") from None
+        if isinstance(exc, RuntimeError) and any(k in str(exc) for k in _SHORT_WRITES):  # torch.save
+            raise OutputError(f"{path}: cannot write: {SHORT_WRITE}") from None
         raise
+
+
+# How torch.save (its zip writer) reports a write the disk or a file-size limit cut short.
+_SHORT_WRITES = ("inline_container", "PytorchStreamWriter", "file write failed", "unexpected pos")
 
 
 def save_png(path: str | Path, array: np.ndarray) -> None:

@@ -36,6 +36,11 @@ def check_output_file(path: Path, option: str = "--out") -> None:
     if path.exists() and not path.is_file():
         raise OutputError(f"{option} {path}: exists and is not a regular file")
     folder = path.parent
+    blocking = next((p for p in folder.parents if p.exists() and not p.is_dir()), None)
+    if folder.exists() and not folder.is_dir():
+        blocking = folder
+    if blocking is not None:
+        raise OutputError(f"{option} {path}: a part of the path is not a folder ({blocking} is a file)")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         handle, probe = tempfile.mkstemp(prefix=".lista-probe-", dir=folder)
