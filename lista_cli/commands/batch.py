@@ -112,8 +112,8 @@ def _prepare_detect(model, inputs, out, recursive, ext, shard, threshold, report
         from ..io.report import require_libraries
 
         require_libraries()  # a missing extra is reported before any work
-    check_output_dir(out)
     found = gather_inputs(inputs, recursive, ext, out)
+    check_output_dir(out)
     if threshold is not None and not (math.isfinite(threshold) and threshold > 0):
         raise ListaError(f"--threshold {threshold:g}: expected a finite score above 0")
     detector = load_model(model, device, threads)

@@ -25,7 +25,7 @@ from ..detection.regions import REGION_COLUMNS
 from ..errors import OutputError, write_error
 from .imageio import ImageError, atomic_write, read_image
 from .inputs import InputImage, shard_suffix
-from .manifest import check_manifest, folder_lock, model_identity
+from .manifest import check_manifest, folder_lock, model_identity, read_manifest
 from .outputs import check_output_dir, failures_path, write_failures
 from .writer import output_paths, write_outputs
 
@@ -170,6 +170,8 @@ def detect(
     run = _Run(detector, out_dir, DetectSummary(), on_failure, on_warning)
     scores = scores_path(out_dir, shard)
     with folder_lock(out_dir, shard):
+        if read_manifest(out_dir) is None and scores.is_file() and on_warning:
+            on_warning(f"{out_dir}: its scores come from a lista without manifests; taken as this model's")
         check_manifest(out_dir, model_identity(detector, model_path))
         if skip_existing:
             remove_stale_temporaries(out_dir, images)
