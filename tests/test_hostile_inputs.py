@@ -82,8 +82,8 @@ def test_several_frames_warn_naming_the_file(tmp_path):
     assert array.shape[:2] == (20, 24) and array.mean() < 0.1  # the first frame
 
 
-def _png_bytes(rng, mode):
-    image = Image.fromarray(texture(rng, 9, 13, colour=mode == "RGB"))
+def _png_bytes(rng, mode, height=9, width=13):
+    image = Image.fromarray(texture(rng, height, width, colour=mode == "RGB"))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
@@ -114,6 +114,27 @@ def test_any_bytes_give_a_clean_image_or_one_image_error(tmp_path, data):
         return
     assert array.ndim == 3 and array.shape[-1] in (1, 3) and array.dtype == np.float32
     assert np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1
+
+
+@settings(max_examples=12, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 255)), min_size=1, max_size=6))
+def test_detect_on_damaged_image_bytes_scores_or_fails_cleanly(tiny_trained, tmp_path, edits):
+    """A valid PNG with a few bytes overwritten, through lista detect: scored (exit 0, a
+    finite score) or one failure line naming it (exit 3); never an internal error."""
+    raw = bytearray(_png_bytes(np.random.default_rng(1), "RGB", 40, 44))
+    for offset, value in edits:
+        raw[offset % len(raw)] = value
+    path = tmp_path / "case.png"
+    path.write_bytes(bytes(raw))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["detect", str(tiny_trained[0]), str(path), "--out", str(out), "-q"])
+    assert result.exit_code in (0, 3), result.output
+    assert "internal error" not in result.output and "Traceback" not in result.output
+    if result.exit_code == 3:
+        assert f"failed: {path}: " in result.stderr
+    else:
+        (row,) = [r for r in _rows(out / "scores.csv") if r["image"] == str(path)]
+        assert np.isfinite(float(row["score"]))
 
 
 # --- through lista detect and lista train --------------------------------------------------
