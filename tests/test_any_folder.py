@@ -107,6 +107,20 @@ def test_any_folder_trains_and_detects(folder, tmp_path_factory):
             assert np.load(out / row["map"]).shape == shapes[name]
 
 
+def test_an_image_smaller_than_a_patch_is_skipped_at_any_working_size(tmp_path, rng):
+    """A 1x1 image with data.image_size 64 would be upscaled: train skips it as detect does."""
+    data = tmp_path / "good"
+    data.mkdir()
+    for i in range(3):
+        _save(data / f"g{i}.png", rng, 40, 50, "L")
+    _save(data / "dot.png", rng, 1, 1, "L")
+    result = runner.invoke(
+        app, ["train", str(data), "--out", str(tmp_path / "m.pt"), *FAST_TRAIN[:-1], "--set", "data.image_size=64"]
+    )
+    assert FAST_TRAIN[-1] == "--quiet"  # left out: the warning is the point
+    assert result.exit_code == 0 and "dot.png: image is 1x1 px, smaller than one 6x6 patch" in result.output
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_every_mode_reads_to_one_working_size(tmp_path, rng, mode):
     """A folder mixing one odd mode with gray images trains (channels decided over the folder)."""

@@ -32,9 +32,9 @@ def test_real_paper_sample(tmp_path):
         assert (row["anomalous"] == "True") == bool(mask.any()), row["image"]
 
 
-def test_real_sample_at_twice_its_resolution_chooses_a_working_size(tmp_path):
-    """Paper photos upsampled to 256 px: auto compares 128 and 256 px on validation, scales
-    every image by the chosen factor and still finds the impurities."""
+def test_real_sample_at_twice_its_resolution(tmp_path):
+    """Paper photos upsampled to 256 px: auto keeps them at 256 px (the rule's side) and
+    still finds the impurities."""
     data = tmp_path / "big"
     for path in SAMPLE.rglob("*.png"):
         target = data / path.relative_to(SAMPLE)
@@ -45,8 +45,8 @@ def test_real_sample_at_twice_its_resolution_chooses_a_working_size(tmp_path):
     model = tmp_path / "big.pt"
     result = CliRunner().invoke(app, ["train", str(data), "--out", str(model), "--set", "train.steps=0"])
     assert result.exit_code == 0, result.output
-    assert "128 px (x0.5)" in result.output and "256 px (x1)" in result.output
+    assert "working size 256 px (x1)" in result.output
     detector = load_checkpoint(model)
-    assert detector.working_scale in (0.5, 1.0)
+    assert detector.working_scale == 1.0
     report = evaluate(detector, data)
     assert report["pixel_auroc"] > 0.95 and report["image_auroc"] > 0.9

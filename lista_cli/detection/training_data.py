@@ -53,6 +53,7 @@ class TrainingImages:
     channels: int
     size: WorkingSize
     skipped: list[str] = field(default_factory=list)  # files left out, each with a warning
+    input_sizes: list[tuple[int, int]] = field(default_factory=list)  # (height, width) of each file as read
 
 
 def _header_shape(path: Path) -> tuple[int, int] | None:
@@ -73,15 +74,16 @@ def _has_colour(array: np.ndarray) -> bool:
 
 def load_training_images(data_dir: Path, config: Config, warn: Callable[[str], None]) -> TrainingImages:
     """Read the folder's images at the working size (working_size.py, from the headers'
-    shapes). Unreadable images and images smaller than one patch at the working size are
-    skipped with a warning naming them; TrainError if fewer than MIN_IMAGES remain."""
+    shapes). Unreadable images and images smaller than one patch at their own or at the
+    working size (detect refuses both) are skipped with a warning naming them; TrainError if
+    fewer than MIN_IMAGES remain."""
     folder = training_folder(data_dir)
     patch = config.patch.size
     items = training_images(data_dir)
     shapes = [_header_shape(item.path) for item in items]
     size = working_size([s for s in shapes if s is not None] or [(patch, patch)], config.data.image_size)
     fixed = None if config.data.channels == "auto" else (3 if config.data.channels == "rgb" else 1)
-    tensors, paths, colours, skipped = [], [], [], []
+    tensors, paths, colours, skipped, sizes = [], [], [], [], []
     for item in items:
         try:
             array = read_image(item.path)
@@ -90,10 +92,11 @@ def load_training_images(data_dir: Path, config: Config, warn: Callable[[str], N
             skipped.append(str(item.path))
             continue
         height, width = working_shape(array.shape[0], array.shape[1], size.image_size, size.factor)
-        if min(height, width) < patch:
+        if min(array.shape[:2]) < patch or min(height, width) < patch:  # as detect refuses it
+            where = "" if (height, width) == array.shape[:2] else f", {width}x{height} at the working size"
             warn(
-                f"skipped {item.path}: image is {array.shape[1]}x{array.shape[0]} px, {width}x{height} at the"
-                f" working size, smaller than one {patch}x{patch} patch"
+                f"skipped {item.path}: image is {array.shape[1]}x{array.shape[0]} px{where},"
+                f" smaller than one {patch}x{patch} patch"
             )
             skipped.append(str(item.path))
             continue
@@ -102,10 +105,11 @@ def load_training_images(data_dir: Path, config: Config, warn: Callable[[str], N
         tensors.append(to_tensor(array, own, size.image_size, size.factor))
         paths.append(item.path)
         colours.append(colour)
+        sizes.append(array.shape[:2])
     if len(tensors) < MIN_IMAGES:
         raise TrainError(f"{folder}: need at least {MIN_IMAGES} usable normal images, found {len(tensors)}")
     channels = fixed or (3 if any(colours) else 1)
     for index, tensor in enumerate(tensors):
         if tensor.shape[0] != channels:  # gray tensor, colour folder: repeating commutes with the resize
             tensors[index] = tensor.expand(channels, -1, -1).contiguous()
-    return TrainingImages(tensors, paths, channels, size, skipped)
+    return TrainingImages(tensors, paths, channels, size, skipped, sizes)
