@@ -12,7 +12,7 @@ Then the same native models exported (`lista export`) and run by ONNX Runtime ag
 PyTorch, in one process on the same decoded images: images/s of maps and decisions.
 Then `lista train` on a PIPED type (whole command, default config) and the deblur
 benchmark (`deblur_speed.py`: whole `lista deblur` command against `unsupervised_wiener`),
-so one run has every figure issue 13 names.
+so one run has every speed figure of docs/speed.md.
 
     python benchmarks/speed.py [--sizes 128,256,512,1024] [--huge] [--train-set DIR]
 """

@@ -24,7 +24,7 @@ runner = CliRunner()
 
 @pytest.fixture
 def trained(tiny_trained):
-    """(model, its MVTec-style folder), trained once for the session."""
+    """(model, its MVTec-style folder), trained once per test run."""
     return tiny_trained
 
 
