@@ -4,7 +4,8 @@ For each category under ../shared/data (or the folders given): train the default
 `lista export` it, score every test image with the checkpoint (PyTorch) and with the ONNX
 file (ONNX Runtime), and print the largest map difference in units of the image threshold,
 the largest relative score difference, how many anomalous decisions and region counts agree,
-the largest map difference with 128 px tiles (both paths tiling, a tenth of the images), and
+the largest map difference with 128 px tiles (both paths tiling, a tenth of the images), the
+same on 12 random-size images (gray and RGB, below, at and above the tile), and
 both in-process rates (images/s, decoded images in memory, maps and decisions).
 
     python benchmarks/export_parity.py [DATA ...] [--set key=value]
@@ -60,20 +61,36 @@ def compare(folder: Path, work: Path, overrides: list[str]) -> dict:
         decisions += got.anomalous == expected.anomalous
         regions += len(got.regions) == len(expected.regions)
     sample = arrays[: min(len(arrays), 40)]
-    # The same model with 128 px tiles: both paths tile every image larger than that.
+    # The same graph with 128 px tiles (the tile rule is outside it): both paths tile every
+    # image larger than that.
     detector.config.data.tile_size = 128
-    tiled = OnnxDetector(export(detector, work / f"{folder.name}.tiled.onnx"))
+    exported.tile_rule = detector.tile_rule
     tiled_gap = max(
         float(np.abs(got.anomaly_map - expected.anomaly_map).max()) / detector.threshold
         for array in arrays[:: max(1, len(arrays) // 10)]
-        for expected, got in [(detector.detect_batch([array])[0], tiled.detect_batch([array])[0])]
+        for expected, got in [(detector.detect_batch([array])[0], exported.detect_batch([array])[0])]
     )
+    # Random sizes from the smallest the graph scores to 2.5 tiles, gray and RGB, crossing the
+    # tile side: maps and decisions.
+    rng = np.random.default_rng(0)
+    random_gap, random_agree = 0.0, 0
+    sides = [exported.min_side, 127, 128, 129, 257, *rng.integers(exported.min_side, 320, 12).tolist()]
+    randoms = [
+        rng.random((int(rng.choice(sides)), int(rng.choice(sides)), 1 + 2 * (i % 2)), np.float32) for i in range(12)
+    ]
+    for array in randoms:
+        expected, got = detector.detect_batch([array])[0], exported.detect_batch([array])[0]
+        random_gap = max(random_gap, float(np.abs(got.anomaly_map - expected.anomaly_map).max()) / detector.threshold)
+        random_agree += got.anomalous == expected.anomalous
     detector.config.data.tile_size = 1024
+    exported.tile_rule = detector.tile_rule
     return {
         "images": len(arrays),
         "size": "x".join(map(str, arrays[0].shape[1::-1])),
         "map_gap": map_gap,
         "tiled_gap": tiled_gap,
+        "random_gap": random_gap,
+        "random_agree": f"{random_agree}/{len(randoms)}",
         "score_gap": score_gap,
         "decisions": decisions,
         "regions": regions,
@@ -99,13 +116,15 @@ def main() -> None:
     print(
         "| set | test images | image size | max map difference / threshold | max score difference (relative) |"
         " decisions agree | region counts agree | tiled (128 px tiles): max map difference |"
+        " random sizes: max map difference | random sizes: decisions agree |"
         " PyTorch img/s | ONNX Runtime img/s | ONNX file MB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         print(
             f"| {name} | {r['images']} | {r['size']} | {r['map_gap']:.1e} | {r['score_gap']:.1e} |"
             f" {r['decisions']}/{r['images']} | {r['regions']}/{r['images']} | {r['tiled_gap']:.1e} |"
+            f" {r['random_gap']:.1e} | {r['random_agree']} |"
             f" {r['torch_img_s']:.1f} |"
             f" {r['onnx_img_s']:.1f} | {r['megabytes']:.1f} |"
         )

@@ -3,7 +3,13 @@
 import numpy as np
 import torch
 
-from lista_cli.detection.edges import QUANTILE, damp_edges, edge_profile
+from lista_cli.detection.edges import QUANTILE, edge_profile
+from lista_cli.detection.postprocess import Finish
+
+
+def damp_edges(maps: torch.Tensor, rows: list[float], columns: list[float]) -> torch.Tensor:
+    finish = Finish(rows, columns)
+    return torch.stack([torch.from_numpy(finish.damp_edges(m.numpy())) for m in maps])
 
 
 def test_damp_edges_matches_a_pixel_loop():

@@ -5,8 +5,18 @@ import numpy as np
 import pytest
 import torch
 
-from lista_cli.detection.levels import QUANTILE, damp_level, level_reference, map_levels
-from lista_cli.detection.onnx_model import damp_level as damp_level_numpy
+from lista_cli.detection.inference import lower_median as lower_median_torch
+from lista_cli.detection.levels import QUANTILE, level_reference
+from lista_cli.detection.postprocess import Finish, lower_median
+
+
+def map_levels(maps: torch.Tensor) -> torch.Tensor:
+    return torch.tensor([float(lower_median(m.numpy())) for m in maps])
+
+
+def damp_level(maps: torch.Tensor, reference: float | None, cap: float) -> torch.Tensor:
+    finish = Finish(level_reference=reference, level_cap=cap)
+    return torch.stack([torch.from_numpy(finish.damp_level(m.numpy())) for m in maps])
 
 
 def test_map_levels_are_the_lower_median_at_odd_and_even_sizes():
@@ -47,13 +57,13 @@ def test_a_model_without_a_reference_is_not_damped():
     assert torch.equal(damp_level(maps, None, 1.0), maps)
 
 
-def test_the_exported_runners_numpy_damping_agrees():
+def test_the_traced_lower_median_is_numpys():
+    """inference.lower_median (TopK, for the noise scale in the graph) = postprocess.lower_median
+    = torch.median, at odd and even counts."""
     gen = torch.Generator().manual_seed(13)
-    for shape in [(31, 17), (64, 40)]:
-        m = torch.rand(*shape, generator=gen) * 4
-        expected = damp_level(m[None], 0.7, 3.3)[0].numpy()
-        np.testing.assert_allclose(damp_level_numpy(m.numpy(), 0.7, 3.3), expected, rtol=1e-6)
-        assert np.array_equal(damp_level_numpy(m.numpy(), None, 1.0), m.numpy())
+    for count in (1, 2, 7, 10, 4097):
+        values = torch.rand(count, generator=gen)
+        assert float(lower_median_torch(values)) == float(lower_median(values.numpy())) == float(values.median())
 
 
 def test_training_measures_the_reference_unless_turned_off(tiny_trained, mvtec, tmp_path):

@@ -119,28 +119,6 @@ def test_training_defects_mix_cutpaste_and_drawn_families_when_asked():
     assert len({round(c, 3) for c in changed}) > 3
 
 
-def test_calibration_uses_held_out_images_and_a_seeded_share_of_the_rest(monkeypatch):
-    from lista_cli.detection import calibration
-
-    class Scorer:  # the map of an image is the image; leaving one out changes nothing here
-        def anomaly_maps(self, images):
-            return images[:, 0]
-
-        def without_image(self, number):
-            return self
-
-    images = [torch.full((1, 4, 5), float(i)) for i in range(10)]
-    monkeypatch.setattr(calibration, "MAX_CALIBRATION_IMAGES", 6)
-    maps = calibration.normal_maps(Scorer(), images, [torch.full((1, 4, 5), -1.0)] * 2, seed=0)
-    values = [float(m[0, 0]) for m in maps]
-    assert len(maps) == 6 and values[:2] == [-1.0, -1.0] and len(set(values[2:])) == 4
-    assert values == [
-        float(m[0, 0]) for m in calibration.normal_maps(Scorer(), images, [images[0] * 0 - 1] * 2, seed=0)
-    ]
-    monkeypatch.setattr(calibration, "MAX_CALIBRATION_IMAGES", 200)
-    assert len(calibration.normal_maps(Scorer(), images, [], seed=0)) == 10  # under the cap: every image
-
-
 def test_calibration_round_trips_and_reads_older_dicts():
     from lista_cli.detection.detector import Calibration
 

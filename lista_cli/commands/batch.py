@@ -30,7 +30,10 @@ ShardOpt = Annotated[
 SkipExistingOpt = Annotated[
     bool, typer.Option("--skip-existing", help="Resume: skip images whose outputs and scores row exist.")
 ]
-BatchOpt = Annotated[int, typer.Option("--batch", help="Images per model batch.", min=1)]
+BatchOpt = Annotated[
+    int,
+    typer.Option("--batch", help="Images read at a time (each runs through the model alone: the same maps).", min=1),
+]
 ThresholdOpt = Annotated[
     float | None,
     typer.Option("--threshold", help="Image threshold for this run instead of the model's (a raw score).", min=0),

@@ -21,6 +21,7 @@ import torch
 
 from . import edges, levels
 from .detector import Detector
+from .postprocess import lower_median
 from .validation import ValidationSet
 
 MAX_CALIBRATION_IMAGES = 200  # normal images whose maps set the edge damping and the threshold
@@ -49,24 +50,23 @@ def pixel_threshold(maps: torch.Tensor, validation: ValidationSet) -> float:
     return float(values[order][int(f1.argmax())])
 
 
-@torch.inference_mode()
-def normal_maps(
+def normal_examples(
     detector: Detector, fitting: list[torch.Tensor], held_out: list[torch.Tensor], seed: int
-) -> list[torch.Tensor]:
-    """Maps of the normal images as a new image would get them: held-out images as they
-    are, each training image against code banks without its own codes (leave one out).
-    Calibrating on all of them, not only the held-out share, steadies the threshold. At
-    most MAX_CALIBRATION_IMAGES (a seeded choice of training images beyond the held-out),
-    so time and memory stop growing with the number of normal images."""
-    maps = [detector.anomaly_maps(image[None])[0] for image in held_out]
+) -> list[tuple[Detector, torch.Tensor, int | None]]:
+    """The normal images scored as a new image would be, as (detector, working-size image,
+    fitting index or None): held-out images against the detector, each training image
+    against code banks without its own codes (leave one out). Calibrating on all of them,
+    not only the held-out share, steadies the threshold. At most MAX_CALIBRATION_IMAGES
+    (every held-out image, then a seeded choice of training images), so time and memory
+    stop growing with the number of normal images."""
+    examples: list[tuple[Detector, torch.Tensor, int | None]] = [(detector, image, None) for image in held_out]
     numbers = list(range(len(fitting)))
     room = max(0, MAX_CALIBRATION_IMAGES - len(held_out))
     if len(numbers) > room:
         chosen = torch.randperm(len(numbers), generator=torch.Generator().manual_seed(seed + 7))[:room]
         numbers = sorted(chosen.tolist())
-    for number in numbers:
-        maps.append(detector.without_image(number).anomaly_maps(fitting[number][None])[0])
-    return maps
+    examples += [(detector.without_image(number), fitting[number], number) for number in numbers]
+    return examples[:MAX_CALIBRATION_IMAGES]
 
 
 def calibrate_detector(
@@ -75,23 +75,34 @@ def calibrate_detector(
     held_out: list[torch.Tensor],
     validation_maps: torch.Tensor,
     validation: ValidationSet,
+    sizes: tuple[list[tuple[int, int]], list[tuple[int, int]]] | None = None,
 ) -> None:
     """Edge damping, level damping, image threshold and mask threshold, into
-    detector.calibration."""
+    detector.calibration. `sizes`: the input (height, width) of the fitting and held-out
+    images (default: their working size). The image threshold is fitted on exactly the
+    statistic detect computes for each normal image at its input size
+    (Detector.score_image: the working-size map damped, resized back, scored)."""
     cfg = detector.config
-    maps = normal_maps(detector, fitting, held_out, cfg.train.seed)
+    examples = normal_examples(detector, fitting, held_out, cfg.train.seed)
+    fitting_sizes, held_sizes = sizes or (
+        [tuple(t.shape[-2:]) for t in fitting],
+        [tuple(t.shape[-2:]) for t in held_out],
+    )
+    input_sizes = [held_sizes[i] if n is None else fitting_sizes[n] for i, (_, _, n) in enumerate(examples)]
+    work = [variant.working_map(image) for variant, image, _ in examples]  # undamped, at the working size
     coarsest = max(s.factor for s in detector.scales)
-    width = edges.band_width(cfg.patch.size, coarsest, detector.smoothing_reach, min(min(m.shape) for m in maps))
-    rows, columns = edges.edge_profile(maps, width)
+    width = edges.band_width(cfg.patch.size, coarsest, detector.smoothing_reach, min(min(m.shape) for m in work))
     calibration = detector.calibration
-    calibration.edge_rows, calibration.edge_columns = rows, columns
-    edged = [detector.damp_edges(m[None]) for m in maps]
+    calibration.level_reference, calibration.level_cap = None, 1.0
+    calibration.edge_rows, calibration.edge_columns = edges.edge_profile([torch.from_numpy(m) for m in work], width)
     if cfg.score.level_damping:
-        normal_levels = [float(levels.map_levels(m)[0]) for m in edged]
-        calibration.level_reference, calibration.level_cap = levels.level_reference(normal_levels)
-    damped = [levels.damp_level(m, calibration.level_reference, calibration.level_cap) for m in edged]
-    scores = torch.cat([detector.image_scores(m) for m in damped])
-    calibration.image_scores = scores.double().tolist()
+        edged = detector.finish.damp_edges
+        calibration.level_reference, calibration.level_cap = levels.level_reference(
+            [float(lower_median(edged(m))) for m in work]
+        )
+    finish = detector.finish
+    scores = torch.tensor([finish(m, size)[1] for m, size in zip(work, input_sizes, strict=True)], dtype=torch.float64)
+    calibration.image_scores = scores.tolist()
     calibration.threshold = calibrate(scores, cfg.score.threshold_quantile, cfg.score.threshold_margin)
-    level = pixel_threshold(detector.damp(validation_maps), validation)
-    calibration.pixel_threshold = min(level, calibration.threshold)
+    damped = torch.stack([torch.from_numpy(finish.damp(m.detach().cpu().numpy())) for m in validation_maps])
+    calibration.pixel_threshold = min(pixel_threshold(damped, validation), calibration.threshold)

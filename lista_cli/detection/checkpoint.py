@@ -1,11 +1,16 @@
-"""One self-describing checkpoint file: weights, config, mu and U, calibration, version.
+"""One self-describing checkpoint file: what inference needs, and the version that wrote it.
 
-Saved with torch.save, loaded with `weights_only=True`, so loading never runs code from
-the file; written atomically so a killed run never leaves half a checkpoint.
+The payload is the detector's state_dict (each scale's layers, mean, subspace and code bank,
+the context bank, and as extra state the scale factors, channels, working-size factor and
+calibration), the inference-relevant configuration (data, patch, model and score: not the
+training schedule) and the format and lista versions. Saved with torch.save, loaded with
+`weights_only=True`, so loading never runs code from the file; written atomically so a
+killed run never leaves half a checkpoint. Files of other formats are refused with one line.
 """
 
 from __future__ import annotations
 
+import math
 import pickle
 import zipfile
 from pathlib import Path
@@ -17,23 +22,11 @@ from .. import __version__
 from ..config import Config, ConfigError, from_dict
 from ..errors import ListaError
 from ..io.imageio import atomic_write
-from .context import ContextBank
-from .detector import Calibration, Detector, Scale
-from .model import UnfoldedISTA
-from .typicality import CodeBank
+from .detector import Detector
 
 FORMAT = "lista-checkpoint"
-# 8: each code of a bank may have a sparse divisor (sparse_levels.py; older banks have
-# none and load with score.sparse_damping false); 7: the calibration holds the level
-# damping's reference and cap (levels.py; older models have none and load with
-# score.level_damping false); 6: the calibration names the
-# smoothing of the sparse-part maps (a format 5 one is Gaussian); 5: the config and the
-# detector's state_dict (Detector.from_state rebuilds it); 4: each code of a bank has a
-# residual level (a third map per scale); 3: each code of a bank has a cell radius; 2: one
-# model and code bank per image scale (its codes load with radius 1, plain distances);
-# 1: one model, no bank. All eight load.
-FORMAT_VERSION = 8
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
+FORMAT_VERSION = 9  # 9: inference state and config only; formats 1-8 were read by lista 0.1.0
+INFERENCE_SECTIONS = ("data", "patch", "model", "score")  # of the config: what inference reads
 
 
 class CheckpointError(ListaError):
@@ -41,7 +34,8 @@ class CheckpointError(ListaError):
 
 
 def save_checkpoint(path: str | Path, detector: Detector, extra: dict[str, Any] | None = None) -> None:
-    """Config + state: all a detector is, in one file written atomically."""
+    """The detector's state and inference config, in one file written atomically. `extra`:
+    what training reported (not read back by inference)."""
     state = {
         key: value.detach().cpu().clone() if isinstance(value, torch.Tensor) else value
         for key, value in detector.state_dict().items()
@@ -50,27 +44,31 @@ def save_checkpoint(path: str | Path, detector: Detector, extra: dict[str, Any] 
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "lista_version": __version__,
-        "config": detector.config.to_dict(),
+        "config": inference_config(detector.config),
         "state": state,
         "extra": extra or {},
     }
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def _rebuild_scales(payload: dict[str, Any], config: Config) -> list[Scale]:
-    # Format 1 held one model at full scale under "state" and no code bank.
-    entries = payload["scales"] if payload["format_version"] >= 2 else [{"factor": 1, "state": payload["state"]}]
-    config.data.scales = [int(entry["factor"]) for entry in entries]
-    scales = []
-    for entry in entries:
-        state = entry["state"]
-        model = UnfoldedISTA(state["mean"], state["basis"], config.model).requires_grad_(False)
-        model.load_state_dict(state)
-        bank = entry.get("bank")
-        if bank is not None:
-            bank = CodeBank(bank["basis"], bank["codes"], bank.get("radii"), bank.get("residual_levels"))
-        scales.append(Scale(int(entry["factor"]), model.eval(), bank))
-    return scales
+def _check(detector: Detector) -> None:
+    """Raise ValueError when the state cannot be this config's model or is not finite."""
+    cfg = detector.config
+    expected = detector.channels * cfg.patch.size**2
+    for scale in detector.scales:
+        if scale.model.dim != expected:
+            raise ValueError(
+                f"its weights are for {scale.model.dim} numbers per patch, its config says"
+                f" {detector.channels} x {cfg.patch.size} x {cfg.patch.size} = {expected}"
+            )
+    for name, value in detector.state_dict().items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(f"{name} holds NaN or infinite values")
+    c = detector.calibration
+    numbers = [c.threshold, *(c.map_weights or []), *c.edge_rows, *c.edge_columns, c.level_cap]
+    numbers += [v for v in (c.pixel_threshold, c.level_reference) if v is not None]
+    if not all(math.isfinite(float(v)) for v in numbers) or not c.threshold > 0:
+        raise ValueError("its calibration (thresholds, map weights or dampings) is not finite")
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Detector:
@@ -84,6 +82,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Det
         raise CheckpointError(
             f"{path}: an exported ONNX model; only lista detect runs those, this needs the checkpoint from lista train"
         )
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: not a lista checkpoint (empty file)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -92,48 +92,28 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Det
             " it is not a lista checkpoint"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
-        reason = "truncated or corrupt" if path.stat().st_size else "empty"
         raise CheckpointError(
-            f"{path}: not a lista checkpoint ({reason} file: {str(exc).splitlines()[0][:80]})"
+            f"{path}: not a lista checkpoint (truncated or corrupt file: {str(exc).splitlines()[0][:80]})"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a lista checkpoint (no '{FORMAT}' header)")
-    if payload.get("format_version") not in READABLE_VERSIONS:
+    version = payload.get("format_version")
+    if version != FORMAT_VERSION:
+        reader = "lista 0.1.0" if isinstance(version, int) and 1 <= version <= 8 else "a newer lista"
         raise CheckpointError(
-            f"{path}: checkpoint format {payload.get('format_version')} from lista"
-            f" {payload.get('lista_version')} is incompatible with this lista {__version__}"
-            f" (format {FORMAT_VERSION}); retrain the model"
+            f"{path}: checkpoint format {version} (written by lista {payload.get('lista_version')}) is read by"
+            f" {reader}; this lista {__version__} reads format {FORMAT_VERSION}: retrain the model with lista train"
         )
     try:
-        stored = payload["config"]
-        score = stored.get("score", {}) if isinstance(stored, dict) else {}
-        if isinstance(score, dict) and "smooth_sigma" in score and "code_smooth_sigma" not in score:
-            # written before code maps had their own smoothing: they were smoothed like the rest
-            stored = {**stored, "score": {**score, "code_smooth_sigma": score["smooth_sigma"]}}
-        if isinstance(score, dict) and payload["format_version"] < 7:  # before the level damping
-            stored = {**stored, "score": {**stored["score"], "level_damping": False}}
-        if isinstance(score, dict) and payload["format_version"] < 8:  # before the sparse divisors
-            stored = {**stored, "score": {**stored["score"], "sparse_damping": False}}
-        config = from_dict(stored)
-        if payload["format_version"] >= 5:
-            return Detector.from_state(config, payload["state"]).to(device)
-        return _legacy_detector(payload, config).to(device)
+        config = from_dict(payload["config"])
+        detector = Detector.from_state(config, payload["state"])
+        _check(detector)
     except (KeyError, TypeError, RuntimeError, ValueError, ConfigError) as exc:
-        raise CheckpointError(f"{path}: damaged lista checkpoint ({str(exc).splitlines()[0][:100]})") from None
+        raise CheckpointError(f"{path}: damaged lista checkpoint ({str(exc).splitlines()[0][:140]})") from None
+    return detector.to(device)
 
 
-def _legacy_detector(payload: dict[str, Any], config: Config) -> Detector:
-    """A detector from a format 1-4 checkpoint (scales, calibration and context stored apart)."""
-    working_scale = payload.get("working_scale")
-    context = payload.get("context")
-    if context is not None:
-        bank = CodeBank(context["bank"]["basis"], context["bank"]["codes"], context["bank"]["radii"])
-        context = ContextBank(bank, torch.tensor(context["norms"]))
-    return Detector(
-        _rebuild_scales(payload, config),
-        config,
-        int(payload["channels"]),
-        Calibration.from_dict(payload.get("calibration")),
-        None if working_scale is None else float(working_scale),
-        context,
-    )
+def inference_config(config: Config) -> dict[str, Any]:
+    """The sections of `config` a checkpoint keeps."""
+    values = config.to_dict()
+    return {section: values[section] for section in INFERENCE_SECTIONS}

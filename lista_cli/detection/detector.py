@@ -8,16 +8,18 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config
 from ..io.imageio import ImageError, working_shape
-from . import edges, levels, patches, scoring, tiling
+from . import patches, scoring
 from .context import ContextBank
+from .inference import DetectorForward
 from .model import UnfoldedISTA
+from .postprocess import Finish, image_score, prepare
 from .regions import Result, decide
-from .resampling import downsample, to_tensor, upsample
+from .resampling import downsample, upsample
+from .tiling import TileRule
 from .typicality import CodeBank, log_residual
 
 
@@ -107,12 +109,6 @@ class Detector(nn.Module):
     def from_state(cls, config: Config, state: dict[str, Any]) -> Detector:
         """The detector a state_dict holds (its shapes read from the state), loaded with it."""
 
-        # format 7 banks have no sparse divisors: an empty buffer, so none (the caller's dict
-        # is left as it is)
-        state = dict(state)
-        for key in [k for k in state if k.endswith("bank.codes")]:
-            state.setdefault(key.removesuffix("codes") + "sparse_divisors", torch.zeros(0))
-
         def bank(prefix: str) -> CodeBank | None:
             if f"{prefix}codes" not in state:
                 return None
@@ -148,7 +144,7 @@ class Detector(nn.Module):
 
     def prepare(self, array: np.ndarray) -> torch.Tensor:
         """(H, W, C) image in [0, 1] -> (channels, h, w) tensor as the model sees it."""
-        return to_tensor(array, self.channels, self._size, self.working_scale)
+        return torch.from_numpy(prepare(array, self.channels, self._size, self.working_scale))
 
     @property
     def _size(self) -> int | None:
@@ -263,21 +259,37 @@ class Detector(nn.Module):
         components = self.component_maps(images, noise)
         return torch.cat([self.combine(components[i : i + 1]) for i in range(len(components))])
 
-    def tiled_map(self, image: torch.Tensor) -> torch.Tensor:
-        """(C, h, w) -> (h, w) map, scored in overlapping tiles of `data.tile_size` px (tiling.py)."""
-        return tiling.tiled_map(self, image)
+    @property
+    def tile_rule(self) -> TileRule:
+        """When and how images are scored in tiles (tiling.py), the same for both runtimes."""
+        cfg = self.config
+        factors = [int(s.factor) for s in self.scales]
+        return TileRule.of(cfg.patch.size, cfg.patch.stride, factors, cfg.data.tile_size, self.smoothing_reach)
 
-    def damp_edges(self, maps: torch.Tensor) -> torch.Tensor:
-        """(B, h, w) whole-image maps with the image edges damped as normal images need."""
-        return edges.damp_edges(maps, self.calibration.edge_rows, self.calibration.edge_columns)
+    @property
+    def finish(self) -> Finish:
+        """Working-size map -> map at the input's size and image score (postprocess.py)."""
+        c, score = self.calibration, self.config.score
+        return Finish(
+            list(c.edge_rows), list(c.edge_columns), c.level_reference, c.level_cap, score.image_score, score.top_k
+        )
 
-    def damp(self, maps: torch.Tensor) -> torch.Tensor:
-        """(B, h, w) whole-image maps damped at the edges, then by their own level
-        (levels.py) as far as normal images need."""
-        return levels.damp_level(self.damp_edges(maps), self.calibration.level_reference, self.calibration.level_cap)
+    @torch.inference_mode()
+    def working_map(self, image: torch.Tensor) -> np.ndarray:
+        """(C, h, w) working-size image -> (h, w) undamped anomaly map, through the forward
+        pass `lista export` traces (inference.py), in tiles when it is larger than one."""
+        forward = DetectorForward(self)
+        image = image[None].to(self.device)
 
-    def image_scores(self, maps: torch.Tensor) -> torch.Tensor:
-        return scoring.image_scores(maps, self.config.score.image_score, self.config.score.top_k)
+        def score(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+            return forward(image, image[..., y0:y1, x0:x1]).float().cpu().numpy()
+
+        return self.tile_rule.apply(score, *image.shape[-2:])
+
+    def score_image(self, image: torch.Tensor, size: tuple[int, int]) -> tuple[np.ndarray, float]:
+        """(C, h, w) working-size image -> ((H, W) map at the input's size `size`, image
+        score): what detect decides on, and what calibration fits the thresholds on."""
+        return self.finish(self.working_map(image), size)
 
     @property
     def threshold(self) -> float:
@@ -294,7 +306,7 @@ class Detector(nn.Module):
     def decide(self, anomaly_map: np.ndarray, min_region: int | None = None) -> Result:
         """The result of one (H, W) map at the input's own size (regions.decide), with at
         least `min_region` (default `score.min_region`) px per region."""
-        score = float(self.image_scores(torch.from_numpy(anomaly_map)[None])[0])
+        score = image_score(anomaly_map, self.config.score.image_score, self.config.score.top_k)
         smallest = self.config.score.min_region if min_region is None else min_region
         return decide(anomaly_map, score, self.threshold, self.pixel_threshold, smallest)
 
@@ -302,27 +314,13 @@ class Detector(nn.Module):
         """Use this image threshold instead of the calibrated one (for this run)."""
         self.calibration.threshold = threshold
 
-    @torch.inference_mode()
     def detect_batch(self, arrays: list[np.ndarray]) -> list[Result]:
-        """Score images of any sizes; those with the same model-side size run as one batch."""
-        results: list[Result | None] = [None] * len(arrays)
-        prepared = [self.prepare(a) for a in arrays]
-        groups: dict[tuple[int, int], list[int]] = {}
-        for index, tensor in enumerate(prepared):
-            groups.setdefault(tuple(tensor.shape[-2:]), []).append(index)
-        tile = self.config.data.tile_size
-        for (height, width), indices in groups.items():
-            if height > tile or width > tile:
-                maps = torch.stack([self.tiled_map(prepared[i]) for i in indices])
-            else:
-                maps = self.anomaly_maps(torch.stack([prepared[i] for i in indices]))
-            maps = self.damp(maps)
-            for row, index in enumerate(indices):
-                height, width = arrays[index].shape[:2]
-                full = maps[row]
-                if full.shape != (height, width):
-                    full = F.interpolate(full[None, None], size=(height, width), mode="bilinear", align_corners=False)[
-                        0, 0
-                    ]
-                results[index] = self.decide(full.float().cpu().numpy())
-        return results  # type: ignore[return-value]
+        """The result of each (H, W, C) image. Each runs through the model alone, so its map
+        never depends on the batch or shard it came in."""
+        results = []
+        for array in arrays:
+            anomaly_map, score = self.score_image(self.prepare(array), array.shape[:2])
+            results.append(
+                decide(anomaly_map, score, self.threshold, self.pixel_threshold, self.config.score.min_region)
+            )
+        return results

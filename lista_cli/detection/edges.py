@@ -6,7 +6,8 @@ a tile's bevel). On kolektor 8 of the 10 highest-scoring good test images peaked
 15 px of the border. So training measures, on the maps of normal images, a high quantile of
 the map at each distance d from the left/right edges and from the top/bottom edges (up to a
 band width D) against the same quantile inside the band; the map is divided there by
-max(1, that ratio). It only ever damps, and only where normal images are hotter.
+max(1, that ratio) (postprocess.Finish.damp_edges, in numpy for both runtimes). It only
+ever damps, and only where normal images are hotter.
 """
 
 from __future__ import annotations
@@ -49,19 +50,3 @@ def edge_profile(maps: list[torch.Tensor], width: int) -> tuple[list[float], lis
             divisors[d] = max(divisors[d], divisors[d + 1])
         profiles.append(divisors)
     return profiles[0], profiles[1]
-
-
-def damp_edges(maps: torch.Tensor, rows: list[float], columns: list[float]) -> torch.Tensor:
-    """(B, h, w) maps divided by max(row divisor at the pixel's distance from the top/bottom
-    edge, column divisor at its distance from the left/right edge)."""
-    if not rows or (max(rows) <= 1.0 and max(columns) <= 1.0):
-        return maps
-    height, width = maps.shape[-2:]
-
-    def divisor(length: int, profile: list[float]) -> torch.Tensor:
-        position = torch.arange(length, device=maps.device)
-        distance = torch.minimum(position, length - 1 - position)
-        table = torch.tensor(profile + [1.0], dtype=maps.dtype, device=maps.device)
-        return table[distance.clamp(max=len(profile))]
-
-    return maps / torch.maximum(divisor(height, rows)[:, None], divisor(width, columns)[None, :])

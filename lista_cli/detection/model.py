@@ -34,6 +34,11 @@ from torch import nn
 from ..config import ModelConfig
 
 LAYER_KINDS = ("full", "cp", "alista")
+# The per-image noise scale (noise_scale): NOISE_PER_MAD x the median |Q x| over an evenly
+# spaced sample of at most NOISE_SAMPLE entries, at least NOISE_FLOOR.
+NOISE_SAMPLE = 32768
+NOISE_PER_MAD = 1.4826
+NOISE_FLOOR = 1e-4
 BACKGROUNDS = ("global", "image", "both")
 
 
@@ -67,7 +72,8 @@ def image_directions(centred: torch.Tensor, start: torch.Tensor) -> torch.Tensor
 
     Subspace iteration on the d x d Gram matrix from `start` (d, q) (the leading directions
     of normal training patches, close to any normal image's), then Rayleigh-Ritz. Far cheaper
-    than a full eigen-decomposition for RGB patches (d = 192); exact when q = d."""
+    than a full eigen-decomposition for RGB patches (d = 3 p^2 = 108 with the default 6 px
+    patches); exact when q = d."""
     gram = centred.transpose(1, 2) @ centred  # (B, d, d)
     vectors = start.expand(gram.shape[0], -1, -1)
     if start.shape[1] < start.shape[0]:
@@ -164,9 +170,9 @@ class UnfoldedISTA(nn.Module):
         residual = self.project_out(centred).abs().flatten(1)  # (B, N*d)
         # The median of an evenly spaced sample of at most 2^15 entries: as robust, and the
         # full-size median would cost as much as two layers.
-        step = max(1, -(-residual.shape[1] // 32768))
-        sigma = 1.4826 * residual[:, ::step].median(dim=1).values
-        return sigma.clamp(min=1e-4).view(-1, 1, 1)
+        step = max(1, -(-residual.shape[1] // NOISE_SAMPLE))
+        sigma = NOISE_PER_MAD * residual[:, ::step].median(dim=1).values
+        return sigma.clamp(min=NOISE_FLOOR).view(-1, 1, 1)
 
     def _layer_input(
         self, k: int, centred: torch.Tensor, point: torch.Tensor, drive: torch.Tensor | None, state: torch.Tensor | None

@@ -14,18 +14,15 @@ def padded_size(size: int, patch: int, stride: int) -> int:
     """Smallest size >= `size` that a grid of patches with this stride covers exactly."""
     if size < patch:
         raise ValueError(f"image side {size} px is smaller than the patch size {patch} px")
-    extra = (size - patch) % stride
-    return size if extra == 0 else size + stride - extra
+    return size + (stride - (size - patch) % stride) % stride  # no branch: sizes stay symbolic when traced
 
 
 def _pad(images: torch.Tensor, patch: int, stride: int) -> torch.Tensor:
+    """Reflect-padded at the bottom and right (by less than the stride <= patch <= side)."""
     height, width = images.shape[-2:]
     pad_h = padded_size(height, patch, stride) - height
     pad_w = padded_size(width, patch, stride) - width
-    if pad_h == 0 and pad_w == 0:
-        return images
-    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-    return F.pad(images, (0, pad_w, 0, pad_h), mode=mode)
+    return F.pad(images, (0, pad_w, 0, pad_h), mode="reflect")
 
 
 def grid_shape(height: int, width: int, patch: int, stride: int) -> tuple[int, int]:

@@ -7,19 +7,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..io.imageio import to_channels, working_shape
+from .postprocess import prepare
 
 
 def to_tensor(array: np.ndarray, channels: int, image_size: int | None, factor: float | None = None) -> torch.Tensor:
-    """(H, W, C) float array -> (channels, h, w) tensor at the model's resolution."""
-    planar = np.ascontiguousarray(np.moveaxis(to_channels(array, channels), -1, 0))  # (C, H, W)
-    tensor = torch.from_numpy(planar)
-    height, width = tensor.shape[-2:]
-    target = working_shape(height, width, image_size, factor)
-    if target != (height, width):  # antialiased resampling can overshoot [0, 1] slightly
-        tensor = F.interpolate(tensor[None], size=target, mode="bilinear", antialias=True, align_corners=False)[0]
-        tensor = tensor.clamp_(0, 1)
-    return tensor
+    """(H, W, C) float array -> (channels, h, w) tensor at the model's resolution
+    (postprocess.prepare: the numpy resize both runtimes use)."""
+    return torch.from_numpy(prepare(array, channels, image_size, factor))
 
 
 def downsample(images: torch.Tensor, factor: int) -> torch.Tensor:

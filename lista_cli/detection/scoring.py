@@ -5,33 +5,37 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import patches
 
 
-def gaussian_kernel(sigma: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Normalised 1-D Gaussian of radius ceil(3 sigma) (at least 1)."""
+@functools.cache
+def gaussian_kernel(sigma: float) -> tuple[float, ...]:
+    """Normalised 1-D Gaussian of radius ceil(3 sigma) (at least 1), as plain numbers
+    (constants when the forward pass is traced)."""
     radius = max(1, math.ceil(3 * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=dtype)
-    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
-    return kernel / kernel.sum()
+    offsets = np.arange(-radius, radius + 1, dtype=np.float64)
+    kernel = np.exp(-(offsets**2) / (2 * sigma**2))
+    return tuple(float(v) for v in kernel / kernel.sum())
 
 
 def gaussian_smooth(maps: torch.Tensor, sigma: float, border: str = "reflect") -> torch.Tensor:
     """Separable Gaussian blur of (B, H, W) maps with reflective (or replicated) borders."""
     if sigma <= 0:
         return maps
-    kernel = gaussian_kernel(sigma, maps.dtype)
+    kernel = gaussian_kernel(sigma)
     radius = len(kernel) // 2
     height, width = maps.shape[-2:]
     mode = border if border == "replicate" or radius < min(height, width) else "replicate"
-    padded = F.pad(maps[:, None], (radius, radius, radius, radius), mode=mode)[:, 0]
-    # Separable, as weighted sums of shifted views: 3x faster on the CPU than conv2d with
-    # 1 x k and k x 1 kernels on a batch of maps (and 1.6x on one).
-    rows = sum(weight * padded[:, :, i : i + width] for i, weight in enumerate(kernel.tolist()))
-    return sum(weight * rows[:, i : i + height, :] for i, weight in enumerate(kernel.tolist()))
+    padded = F.pad(maps[:, None], (radius, radius, radius, radius), mode=mode)
+    # Separable: a 1 x k then a k x 1 convolution (two operators when traced for export;
+    # weighted sums of shifted views were faster on the CPU but trace to 4k operators).
+    weights = torch.tensor(kernel, dtype=maps.dtype, device=maps.device)
+    rows = F.conv2d(padded, weights.view(1, 1, 1, -1))
+    return F.conv2d(rows, weights.view(1, 1, -1, 1))[:, 0]
 
 
 # Oriented smoothing of the sparse-part maps (score.sparse_smoothing): a thin crack or fibre
@@ -49,26 +53,27 @@ LINE_SIGMA_ALONG = 10.0  # px at model resolution
 LINE_SIGMA_ACROSS = 1.0
 
 
-def oriented_kernels(along: float, across: float, count: int = LINE_ORIENTATIONS) -> torch.Tensor:
+def oriented_kernels(along: float, across: float, count: int = LINE_ORIENTATIONS) -> np.ndarray:
     """(count, 1, k, k) normalised elongated Gaussians (sigma `along` the direction, `across`
     it), directions count equal steps of 180 degrees (kernel i + count/2 is perpendicular to
     kernel i), radius ceil(3 along)."""
     radius = max(1, math.ceil(3 * along))
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    y, x = torch.meshgrid(offsets, offsets, indexing="ij")
+    offsets = np.arange(-radius, radius + 1, dtype=np.float64)
+    y, x = np.meshgrid(offsets, offsets, indexing="ij")
     kernels = []
     for index in range(count):
         angle = math.pi * index / count
         u = x * math.cos(angle) + y * math.sin(angle)
         v = -x * math.sin(angle) + y * math.cos(angle)
-        kernel = torch.exp(-(u**2) / (2 * along**2) - v**2 / (2 * across**2))
+        kernel = np.exp(-(u**2) / (2 * along**2) - v**2 / (2 * across**2))
         kernels.append(kernel / kernel.sum())
-    return torch.stack(kernels)[:, None].float()
+    return np.stack(kernels)[:, None].astype(np.float32)
 
 
 @functools.cache
-def line_kernels() -> torch.Tensor:
-    """The elongated Gaussians line_contrast applies at half resolution (built once)."""
+def line_kernels() -> np.ndarray:
+    """The elongated Gaussians line_contrast applies at half resolution (built once, in numpy:
+    a cached tensor would be a traced one when first built during an export)."""
     return oriented_kernels(LINE_SIGMA_ALONG / 2, LINE_SIGMA_ACROSS / 2)
 
 
@@ -90,7 +95,7 @@ def line_contrast(maps: torch.Tensor) -> torch.Tensor:
     sees the whole image's values."""
     height, width = maps.shape[-2:]
     half = F.avg_pool2d(maps[:, None], 2, ceil_mode=True)
-    kernels, radius = line_kernels().to(maps.device, maps.dtype), line_radius()
+    kernels, radius = torch.from_numpy(line_kernels()).to(maps.device, maps.dtype), line_radius()
     mode = "reflect" if radius < min(half.shape[-2:]) else "replicate"
     responses = F.conv2d(F.pad(half, (radius,) * 4, mode=mode), kernels)
     pairs = LINE_ORIENTATIONS // 2
@@ -168,12 +173,3 @@ def patch_values_to_map(values: torch.Tensor, size: tuple[int, int], patch: int,
     batch, count = values.shape
     spread = values[..., None].expand(batch, count, patch * patch).contiguous()
     return patches.fold(spread, size, patch, stride)[:, 0]
-
-
-def image_scores(maps: torch.Tensor, mode: str = "max", top_k: float = 0.01) -> torch.Tensor:
-    """(B, H, W) -> (B,): the map's max, or the mean of its top `top_k` share of pixels."""
-    flat = maps.flatten(1)
-    if mode == "max":
-        return flat.max(dim=1).values
-    count = max(1, round(top_k * flat.shape[1]))
-    return flat.topk(count, dim=1).values.mean(dim=1)

@@ -1,54 +1,54 @@
-"""Images too large for one pass (at the working size, larger than data.tile_size) scored
-in overlapping tiles, with the same result as one pass up to the noise scale, which is
-measured once per image scale for the whole image."""
+"""The one tile rule of both runtimes: images larger than one tile at the working size are
+scored in overlapping tiles so memory stays bounded. Every tile's forward pass measures the
+noise scale on the whole image (inference.noise_scale), so a tiled map equals the untiled
+one up to float rounding. Needs numpy only (no torch)."""
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import NamedTuple
 
-import torch
-
-from . import patches
-from .resampling import downsample
-
-if TYPE_CHECKING:
-    from .detector import Detector
+import numpy as np
 
 
-def tiled_map(detector: Detector, image: torch.Tensor) -> torch.Tensor:
-    """(C, h, w) -> (h, w) map, scored in overlapping tiles of `data.tile_size` px so memory
-    stays bounded; each tile carries a margin wide enough for patches and smoothing."""
-    cfg = detector.config
-    coarsest = max(s.factor for s in detector.scales)
-    # Tile offsets are multiples of stride * f for every factor f, so each scale's blocks
-    # and patch grid are the same in a tile as in the whole image.
-    grid = cfg.patch.stride * math.lcm(*(s.factor for s in detector.scales))
-    tile = max(grid, cfg.data.tile_size // grid * grid)
-    height, width = image.shape[-2:]
-    if height <= tile and width <= tile:
-        return detector.anomaly_maps(image[None])[0]
-    margin = 2 * cfg.patch.size * coarsest + detector.smoothing_reach
-    margin = math.ceil(margin / grid) * grid
-    # One noise scale per image scale for the whole image, from a sparser grid (<= 2^16 patches).
-    noise = []
-    for scale in detector.scales:
-        small = downsample(image[None].to(detector.device), scale.factor)
-        if min(small.shape[-2:]) < cfg.patch.size:  # too small for one patch: scored as nothing
-            noise.append(small.new_ones(1, 1, 1))
-            continue
-        area = small.shape[-2] * small.shape[-1]
-        step = cfg.patch.stride * max(1, math.ceil(math.sqrt(area / cfg.patch.stride**2 / 65536)))
-        sample = patches.unfold(small, cfg.patch.size, step)
-        noise.append(scale.model.noise_scale(sample - scale.model.mean))
-    out = torch.empty(height, width)
-    for top in range(0, height, tile):
-        for left in range(0, width, tile):
-            y0, x0 = max(0, top - margin), max(0, left - margin)
-            y1, x1 = min(height, top + tile + margin), min(width, left + tile + margin)
-            tile_map = detector.anomaly_maps(image[None, :, y0:y1, x0:x1], noise)[0]
-            core_h, core_w = min(tile, height - top), min(tile, width - left)
+class TileRule(NamedTuple):
+    """Tile side and margin (px at the working size), both multiples of stride * lcm(factors)
+    so each scale's blocks and patch grid are the same in a tile as in the whole image."""
+
+    tile: int
+    margin: int
+
+    @classmethod
+    def of(cls, patch: int, stride: int, factors: list[int], tile_size: int, reach: int) -> TileRule:
+        """The rule for this patch geometry, these image scales, data.tile_size and a
+        smoothing that carries a pixel's value `reach` px."""
+        grid = stride * math.lcm(*factors)
+        margin = 2 * patch * max(factors) + reach
+        return cls(max(grid, tile_size // grid * grid), math.ceil(margin / grid) * grid)
+
+    def needs_tiles(self, height: int, width: int) -> bool:
+        return max(height, width) > self.tile
+
+    def boxes(self, height: int, width: int):
+        """(y0, y1, x0, x1) of each tile with its margin, and (top, left, core_h, core_w) of
+        the core it contributes."""
+        tile, margin = self.tile, self.margin
+        for top in range(0, height, tile):
+            for left in range(0, width, tile):
+                y0, x0 = max(0, top - margin), max(0, left - margin)
+                y1, x1 = min(height, top + tile + margin), min(width, left + tile + margin)
+                yield (y0, y1, x0, x1), (top, left, min(tile, height - top), min(tile, width - left))
+
+    def apply(self, score: Callable[[int, int, int, int], np.ndarray], height: int, width: int) -> np.ndarray:
+        """(height, width) float32 map: score(y0, y1, x0, x1) -> that box's map, once for the
+        whole image or per tile, the tiles' cores stitched."""
+        if not self.needs_tiles(height, width):
+            return np.asarray(score(0, height, 0, width), dtype=np.float32)
+        out = np.empty((height, width), dtype=np.float32)
+        for (y0, y1, x0, x1), (top, left, core_h, core_w) in self.boxes(height, width):
+            tile_map = np.asarray(score(y0, y1, x0, x1))
             out[top : top + core_h, left : left + core_w] = tile_map[
                 top - y0 : top - y0 + core_h, left - x0 : left - x0 + core_w
-            ].cpu()
-    return out
+            ]
+        return out

@@ -184,14 +184,14 @@ def train_layers(
     return ScaleSummary(factor, model.basis.shape[1], best_step, val_start, best_score)
 
 
-def _mix_and_calibrate(detector: Detector, fitting, held_out, validation: ValidationSet, shape) -> tuple:
+def _mix_and_calibrate(detector: Detector, fitting, held_out, validation: ValidationSet, shape, sizes=None) -> tuple:
     """Choose the map mix on the validation set, then calibrate edges and thresholds;
     -> (the mix, the validation images' maps)."""
     components = component_maps(detector, validation.resized(shape))
     mix = choose_weights(detector, validation, components)
     detector.calibration = Calibration(map_weights=mix.weights, sparse_smoothing=mix.sparse_smoothing)
     validation_maps = detector.combine(torch.stack(components))
-    calibrate_detector(detector, fitting, held_out, validation_maps, validation)
+    calibrate_detector(detector, fitting, held_out, validation_maps, validation, sizes)
     return mix, validation_maps
 
 
@@ -254,7 +254,10 @@ def train(
             scales, fitting, p.size, p.stride, cfg.score.bank_size, cfg.train.seed, MAX_BANK_CANDIDATES
         )
 
-    mix, validation_maps = _mix_and_calibrate(detector, fitting, held_out, validation, shape)
+    held_sizes, fitting_sizes = _split(loaded.input_sizes, cfg)  # calibration scores at the input size, as detect
+    mix, validation_maps = _mix_and_calibrate(
+        detector, fitting, held_out, validation, shape, (fitting_sizes, held_sizes)
+    )
     summary = TrainSummary(
         images=len(loaded.tensors),
         held_out=held_count,

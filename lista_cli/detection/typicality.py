@@ -215,8 +215,9 @@ def _shortlist(
     factors = torch.cat([-2 * centres.T * weights, weights[None]])  # (R + 1, M)
     size = min(size, len(centres))
     candidates = []
-    for i in range(0, len(points), DISTANCE_BLOCK):
-        block = points[i : i + DISTANCE_BLOCK]
+    # Traced for export, the points (a symbolic count) go as one block.
+    blocks = [points] if torch.compiler.is_exporting() else points.split(DISTANCE_BLOCK)
+    for block in blocks:
         lifted = torch.cat([block, block.square().sum(dim=1, keepdim=True)], dim=1)  # (b, R + 1)
         candidates.append(_smallest(torch.addmm(offsets, lifted, factors), size))
     if not candidates:
