@@ -3,13 +3,20 @@
 accuracy.py keeps, per set and seed, the normal calibration scores the threshold came from
 (held-out images and training images left out of the code bank) and the raw test scores.
 This script re-decides every test image under threshold = quantile(normal scores, q) x margin
-for a grid of (q, margin) and prints, per rule, the sets that meet issue 12's two decision
+for a grid of (q, margin) and prints, per rule, the sets that meet the two decision
 targets (image F1 at the threshold within 0.10 of F1-max, at most 10 % of good test images
 flagged; both as means over the recorded seeds), the worst gap and the worst flagged share.
 
     python benchmarks/accuracy.py --seeds 0 1 2 --json benchmarks/results/accuracy_seeds.json
     python benchmarks/threshold_rules.py benchmarks/results/accuracy_seeds.json
     python benchmarks/threshold_rules.py results.json --rule 0.75 1.5   # one rule, per set
+    python benchmarks/threshold_rules.py ablation.jsonl --variant base   # per family, each left out
+
+With a JSON-lines file of benchmarks/ablation.py the runs are grouped by family (a family's
+figures are means over its sets and seeds), and the rule is also chosen with each family left
+out (most other families meeting both targets, then the smallest worst gap): the left-out
+family's figures under that rule say whether the choice carries over to a family that took no
+part in it.
 
 Figures match accuracy.py's when the rule is the config's (min_region 0: an image is flagged
 exactly when its score reaches the threshold).
@@ -27,7 +34,7 @@ from lista_cli.detection.metrics import f1_at, f1_max
 
 QUANTILES = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99)
 MARGINS = tuple(round(1.0 + 0.05 * i, 2) for i in range(17))  # 1.00 .. 1.80
-MAX_GAP, MAX_FLAGGED = 0.10, 0.10  # issue 12's decision targets
+MAX_GAP, MAX_FLAGGED = 0.10, 0.10  # the decision targets
 
 
 def runs(results: dict) -> dict[str, list[dict]]:
@@ -79,14 +86,54 @@ def one_rule(sets: dict[str, list[dict]], quantile: float, margin: float) -> Non
         print(f"| {name} | {f1:.3f} | {best:.3f} | {flagged:.0%} | {mark} |")
 
 
+def family_runs(path: Path, variant: str) -> dict[str, list[dict]]:
+    """Family -> the decision inputs of every run of `variant` in an ablation.py JSON-lines file."""
+    families: dict[str, list[dict]] = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        if row["variant"] == variant:
+            families.setdefault(row["family"], []).append(row["decisions"])
+    return families
+
+
+def best_rule(groups: dict[str, list[dict]]) -> tuple[float, float]:
+    """The (quantile, margin) meeting both targets on most groups, then the smallest worst gap."""
+
+    def rank(rule: tuple[float, float]) -> tuple[int, float]:
+        figures = per_set(groups, *rule)
+        return sum(map(meets, figures.values())), -max(f[1] - f[0] for f in figures.values())
+
+    return max(((q, m) for q in QUANTILES for m in MARGINS), key=rank)
+
+
+def left_out(groups: dict[str, list[dict]]) -> None:
+    """For each family: the rule chosen on the others, and the left-out family's figures under it."""
+    print(
+        "| family left out | rule chosen on the others | its F1 at threshold | its F1-max | its good flagged | both |"
+    )
+    print("|---|---|---|---|---|---|")
+    for name in groups:
+        rule = best_rule({k: v for k, v in groups.items() if k != name})
+        f1, best, flagged = per_set({name: groups[name]}, *rule)[name]
+        mark = "yes" if meets((f1, best, flagged)) else "no"
+        print(f"| {name} | {rule[0]} × {rule[1]:.2f} | {f1:.3f} | {best:.3f} | {flagged:.0%} | {mark} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", type=Path, help="a JSON file written by benchmarks/accuracy.py")
+    parser.add_argument("results", type=Path, help="accuracy.py's JSON, or ablation.py's JSON lines with --variant")
     parser.add_argument("--rule", type=float, nargs=2, metavar=("QUANTILE", "MARGIN"), help="show one rule per set")
+    parser.add_argument("--variant", help="the ablation.py variant whose runs are grouped by family")
     args = parser.parse_args()
-    payload = json.loads(args.results.read_text())
-    sets = runs(payload["results"]["trained"])
-    if args.rule:
+    if args.variant:
+        sets = family_runs(args.results, args.variant)
+    else:
+        sets = runs(json.loads(args.results.read_text())["results"]["trained"])
+    if args.variant and not args.rule:
+        grid(sets)
+        print()
+        left_out(sets)
+    elif args.rule:
         one_rule(sets, *args.rule)
     else:
         grid(sets)
