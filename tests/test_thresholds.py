@@ -117,7 +117,7 @@ def test_threshold_command_writes_a_new_model_that_detect_uses(trained, tmp_path
             str(new),
             str(mvtec / "test" / "spot"),
             "--out",
-            str(out),
+            str(tmp_path / "out_override"),  # a folder records one model and threshold (its manifest)
             "--json",
             "--quiet",
             "--threshold",
@@ -133,7 +133,7 @@ def test_threshold_command_writes_a_new_model_that_detect_uses(trained, tmp_path
         (["--max-fpr", "0.1"], "give --out NEW"),
         (["--max-fpr", "0.1", "--out", "SELF"], "is the model file itself"),
         (["--out", "NEW"], "give --max-fpr, --target or both"),
-        (["--max-fpr", "1.5", "--out", "NEW"], "--max-fpr 1.5: expected a rate"),
+        (["--max-fpr", "1.5", "--out", "NEW"], "--max-fpr 1.5: expected a share in [0, 1)"),
         (["--target", "f1", "--out", "NEW", "--data", "good"], "needs defective images"),
         (["--max-fpr", "0.1", "--out", "NEW", "--data", "empty"], "no images"),
     ],
