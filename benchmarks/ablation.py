@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import SHARED, datasets  # noqa: E402
+from accuracy import SHARED, datasets, family_of  # noqa: E402
 
 MIN_SPREAD = 0.005  # a family mean moves at least this much between seeds
 METRICS = ("pixel_auroc", "image_auroc")
@@ -52,14 +52,6 @@ VARIANTS: dict[str, list[str]] = {
     "patch8": ["patch.size=8", "patch.stride=4"],
     "topk": ["score.image_score=topk"],
 }
-
-
-def family_of(folder: Path, root: Path) -> str:
-    """The family of a set: its first folder below the data root."""
-    try:
-        return folder.relative_to(root).parts[0]
-    except ValueError:
-        return folder.parent.name
 
 
 def run_variants(args: argparse.Namespace) -> None:
@@ -86,7 +78,7 @@ def run_variants(args: argparse.Namespace) -> None:
                     "variant": name,
                     "overrides": overrides,
                     "set": folder.name,
-                    "family": family_of(folder, args.data),
+                    "family": family_of(folder, [args.data]),
                     "seed": seed,
                     **{k: row.get(k) for k in ("pixel_auroc", "image_auroc", "aupro", "image_f1_calibrated")},
                     **{k: row.get(k) for k in ("image_f1_max", "good_flagged", "train_seconds")},

@@ -1,13 +1,16 @@
 """Accuracy over every dev set: the default config, per set and per defect kind, worst set and mean.
 
-For every category folder under ../shared/data (the 8 PIPED paper types, brick, kolektor) it
-trains the default config (plus any --set overrides) on train/good, evaluates on test/ and
-times `detect` end to end (read, model, write every output). Per set and per defect kind:
+For every category folder under ../shared/data (the 8 PIPED paper types, brick, kolektor,
+bsdata/ballscrew, leather, and any new one) it trains the default config (plus any --set
+overrides) on train/good, evaluates on test/ and times `detect` end to end (read, model,
+write every output). Per set and per defect kind:
 pixel AUROC, image AUROC, AUPRO (FPR <= 0.3), image F1 at the calibrated threshold, image
 F1-max, the share of good test images flagged, the share of ground-truth defect regions a
 predicted region touches and the predicted regions per good image (also for other
 score.min_region values), training seconds and detect images/s. Then the worst set (lowest
-of each column) and the mean. Defaults are chosen on the worst set.
+of each column) and the mean, and per family (a set's first folder under the data root:
+piped, brick, kolektor, bsdata, leather) the mean over its sets with, over several seeds,
+the lowest-highest family mean. Defaults are judged per family (benchmarks/ablation.py).
 
     python benchmarks/accuracy.py                                 # every set
     python benchmarks/accuracy.py --only brick kolektor --set data.image_size=256
@@ -66,6 +69,16 @@ def datasets(paths: list[Path]) -> list[Path]:
         elif path.is_dir():
             found.extend(datasets(sorted(p for p in path.iterdir() if p.is_dir())))
     return found
+
+
+def family_of(folder: Path, roots: list[Path]) -> str:
+    """The family of a set: its first folder below the data root it was found under."""
+    for root in roots:
+        try:
+            return folder.relative_to(root).parts[0]
+        except ValueError:
+            continue
+    return folder.parent.name
 
 
 def run(folder: Path, overrides: list[str], work: Path) -> dict:
@@ -165,6 +178,33 @@ def table(results: dict[str, dict]) -> None:
         print(f"| **PIPED mean ({len(piped)})** | " + " | ".join(cell(means, k, f) for k, _, f in COLUMNS) + " |")
 
 
+FAMILY_KEYS = ("pixel_auroc", "image_auroc", "aupro", "image_f1_calibrated", "image_f1_max", "good_flagged")
+
+
+def family_table(results: dict[str, dict], families: dict[str, str]) -> None:
+    """Per family: the mean over its sets (of the seed means), and with several seeds the
+    lowest-highest over seeds of the family mean; then the worst family."""
+    titles = {key: title for key, title, _ in COLUMNS}
+    formats = {key: fmt for key, _, fmt in COLUMNS}
+    print("\n#### per family (mean over its sets; lowest-highest family mean over the seeds)\n")
+    print("| family | sets | " + " | ".join(titles[key] for key in FAMILY_KEYS) + " |")
+    print("|---|---|" + "---|" * len(FAMILY_KEYS))
+    worst: dict[str, float] = {}
+    for family in sorted(set(families.values())):
+        rows = [row for name, row in results.items() if families.get(name) == family]
+        cells = []
+        for key in FAMILY_KEYS:
+            mean = float(np.nanmean([row[key] for row in rows]))
+            worst[key] = mean if key not in worst else (max if key in WORST_IS_HIGH else min)(worst[key], mean)
+            text = formats[key].format(mean)
+            if all("seeds" in row for row in rows) and len(rows[0]["seeds"]) > 1:
+                per_seed = [np.nanmean([row["seeds"][i][key] for row in rows]) for i in range(len(rows[0]["seeds"]))]
+                text += f" ({formats[key].format(min(per_seed))}–{formats[key].format(max(per_seed))})"
+            cells.append(text)
+        print(f"| {family} | {len(rows)} | " + " | ".join(cells) + " |")
+    print("| **worst family** | | " + " | ".join(formats[k].format(worst[k]) for k in FAMILY_KEYS) + " |")
+
+
 def kind_tables(results: dict[str, dict]) -> None:
     keys = COLUMNS[:5]
     for name, row in results.items():
@@ -206,6 +246,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     folders = [f for f in datasets(args.data) if not args.only or f.name in args.only]
+    families = {f.name: family_of(f, args.data) for f in folders}
     variants = {"trained": args.overrides}
     if args.untrained:
         variants["untrained"] = args.overrides + ["model.learn=false"]
@@ -232,13 +273,20 @@ def main() -> None:
         seeded = "" if args.seeds is None else f", mean over seeds {' '.join(map(str, args.seeds))}"
         print(f"\n### {name} ({' '.join(variants[name]) or 'default config'}{seeded})\n")
         table(rows)
+        family_table(rows, families)
         if args.seeds and len(args.seeds) > 1:
             spread_table(rows, args.seeds)
         region_table(rows)
         kind_tables(rows)
     print(f"\nmachine: {machine}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": machine, "overrides": args.overrides, "seeds": args.seeds, "results": results}
+    payload = {
+        "machine": machine,
+        "overrides": args.overrides,
+        "seeds": args.seeds,
+        "families": families,
+        "results": results,
+    }
     args.json.write_text(json.dumps(payload, indent=2))
 
 
