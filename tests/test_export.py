@@ -116,6 +116,8 @@ def test_exported_model_scores_like_the_checkpoint(variant, tmp_path, rng):
     assert exported.pixel_threshold == pytest.approx(detector.pixel_threshold)
     arrays = fresh_images(rng)
     arrays += [read_image(path) for path in sorted((data / "test").glob("*/*.png"))]
+    # training images: patches on bank codes (distance 0: the blend's epsilon must survive export)
+    arrays += [read_image(path) for path in sorted((data / "train" / "good").glob("*.png"))[:2]]
     assert_same_results(detector, exported, arrays)
     with_tiles(detector, exported, 48)
     smallest = exported.min_side

@@ -267,7 +267,8 @@ def blend_weights(exact: torch.Tensor) -> torch.Tensor:
     if exact.shape[1] == 1:
         return torch.cat([torch.ones_like(exact), torch.zeros_like(exact)], dim=1)
     nearest = exact[:, :2]
-    weights = (exact[:, -1:] - nearest) / (nearest.square() + BLEND_EPSILON)
+    # clamp, not + epsilon: the export's graph optimiser drops an Add of a constant this small
+    weights = (exact[:, -1:] - nearest) / nearest.square().clamp(min=BLEND_EPSILON)
     total = weights.sum(dim=1, keepdim=True)
     return torch.where(total > 0, weights / total.clamp(min=1e-30), torch.full_like(weights, 0.5))
 
