@@ -106,7 +106,6 @@ class ScoreConfig:
     sparse_share: float | None = _opt(None, low=0.0, high=1.0)
     residual_weight: float | None = _opt(None, low=0.0)
     sparse_smoothing: str = _opt("auto", choices=("auto", "gaussian", "oriented"))
-    context: bool = _opt(False)
     level_damping: bool = _opt(True)
     sparse_damping: bool = _opt(True)
 

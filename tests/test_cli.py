@@ -283,20 +283,3 @@ def test_messages_echo_what_the_user_typed_literally(tmp_path):
     assert result.exit_code == 1 and f"error: {odd}: no such folder" in result.output
     # help text too: "[report]" is not Rich markup
     assert "lista-cli[report]" in runner.invoke(app, ["report", "--help"]).output
-
-
-def test_context_map_trains_saves_tiles_and_leaves_images_out(mvtec, tmp_path):
-    from lista_cli.detection.checkpoint import load_checkpoint
-    from lista_cli.io.imageio import read_image
-
-    model = tmp_path / "context.pt"
-    result = runner.invoke(app, ["train", str(mvtec), "--out", str(model), *FAST, "--set", "score.context=true"])
-    assert result.exit_code == 0, result.output
-    detector = load_checkpoint(model)
-    assert detector.context is not None and detector.kinds == ["sparse", "code", "residual"] * 2 + ["context"]
-    assert len(detector.map_weights) == 7
-    image = read_image(next((mvtec / "test" / "spot").iterdir()))
-    whole = detector.detect_batch([image])[0].anomaly_map
-    assert whole.shape == (37, 45) and np.isfinite(whole).all()
-    detector.config.data.tile_size = 16  # tiles aligned to every scale's grid: the same map
-    np.testing.assert_allclose(detector.detect_batch([image])[0].anomaly_map, whole, rtol=1e-5, atol=1e-5)

@@ -192,10 +192,10 @@ def test_tiled_detect_writes_what_the_checkpoint_writes(exported_model, tmp_path
 
 def test_export_refuses_models_it_cannot_express(tmp_path, rng):
     data = make_mvtec(tmp_path / "data", rng)
-    checkpoint = train_tiny(data, tmp_path / "context.pt", "--set", "score.context=true")
+    checkpoint = train_tiny(data, tmp_path / "image.pt", "--set", "model.background=image")
     result = runner.invoke(app, ["export", str(checkpoint), "--out", str(tmp_path / "m.onnx")])
     assert result.exit_code == 1
-    assert "cannot export this model exactly: score.context" in result.output
+    assert "cannot export this model exactly: model.background is 'image'" in result.output
     assert not (tmp_path / "m.onnx").exists()
     result = runner.invoke(app, ["export", str(checkpoint), "--out", str(tmp_path / "m.pt"), "--format", "torchscript"])
     assert result.exit_code == 1 and "--format torchscript: expected onnx" in result.output

@@ -218,24 +218,24 @@ def test_a_thin_trail_gains_and_a_round_spot_keeps_its_peak():
 
 
 def test_smooth_mix_smooths_each_kind_of_map_at_its_own_sigma():
-    """Against scipy: code and context maps at code_sigma, the others at sigma, summed with
+    """Against scipy: code maps at code_sigma, the others at sigma, summed with
     their weights; the oriented smoothing adds each sparse map's line contrast."""
     import torch
     from scipy import ndimage
 
     from lista_cli.detection import scoring
 
-    kinds = ["sparse", "code", "residual", "sparse", "code", "residual", "context"]
-    weights = [0.7, 1.3, 0.4, 2.0, 0.1, 0.9, 0.5]
+    kinds = ["sparse", "code", "residual", "sparse", "code", "residual"]
+    weights = [0.7, 1.3, 0.4, 2.0, 0.1, 0.9]
     maps = np.random.default_rng(11).random((1, len(kinds), 41, 37))
     got = scoring.smooth_mix(torch.from_numpy(maps), weights, kinds, 1.5, "gaussian", 3.5).numpy()[0]
     expected = sum(
         w
         * ndimage.gaussian_filter(
             maps[0, i],
-            3.5 if k in ("code", "context") else 1.5,
+            3.5 if k == "code" else 1.5,
             mode="mirror",
-            radius=math.ceil(3 * (3.5 if k in ("code", "context") else 1.5)),
+            radius=math.ceil(3 * (3.5 if k == "code" else 1.5)),
         )
         for i, (k, w) in enumerate(zip(kinds, weights, strict=True))
     )

@@ -1,7 +1,7 @@
 """One self-describing checkpoint file: what inference needs, and the version that wrote it.
 
 The payload is the detector's state_dict (each scale's layers, mean, subspace and code bank,
-the context bank, and as extra state the scale factors, channels, working-size factor and
+and as extra state the scale factors, channels, working-size factor and
 calibration), the inference-relevant configuration (data, patch, model and score: not the
 training schedule) and the format and lista versions. Saved with torch.save, loaded with
 `weights_only=True`, so loading never runs code from the file; written atomically so a

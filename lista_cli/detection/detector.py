@@ -13,7 +13,6 @@ from torch import nn
 from ..config import Config
 from ..io.imageio import ImageError, working_shape
 from . import patches, scoring
-from .context import ContextBank
 from .inference import DetectorForward
 from .model import UnfoldedISTA
 from .postprocess import Finish, image_score, prepare
@@ -68,7 +67,7 @@ class Scale(nn.Module):
 class Detector(nn.Module):
     """Models (one per image scale) with the settings that turn their output into maps and
     decisions. Everything it learned is its state_dict: each scale's layers, mean, subspace
-    and code bank, the context bank, and as extra state the scale factors, channels, working
+    and code bank, and as extra state the scale factors, channels, working
     size factor and calibration; with the config that rebuilds its shapes (`from_state`), it
     is the whole checkpoint."""
 
@@ -79,7 +78,6 @@ class Detector(nn.Module):
         channels: int,
         calibration: Calibration | None = None,
         working_scale: float | None = None,  # model pixels per input pixel (data.image_size: auto)
-        context: ContextBank | None = None,  # stacked multi-scale codes (score.context)
     ) -> None:
         super().__init__()
         self.scales = nn.ModuleList(scales)
@@ -87,7 +85,6 @@ class Detector(nn.Module):
         self.channels = channels
         self.calibration = Calibration() if calibration is None else calibration
         self.working_scale = working_scale
-        self.context = context
 
     def get_extra_state(self) -> dict[str, Any]:
         return {
@@ -120,18 +117,15 @@ class Detector(nn.Module):
             prefix = f"scales.{index}."
             model = UnfoldedISTA(state[f"{prefix}model.mean"], state[f"{prefix}model.basis"], config.model)
             scales.append(Scale(int(factor), model.requires_grad_(False), bank(f"{prefix}bank.")))
-        context_bank = bank("context.bank.")
-        context = None if context_bank is None else ContextBank(context_bank, state["context.norms"])
-        detector = cls(scales, config, int(state["_extra_state"]["channels"]), context=context)
+        detector = cls(scales, config, int(state["_extra_state"]["channels"]))
         detector.load_state_dict(state)
         return detector.eval()
 
     @property
     def kinds(self) -> list[str]:
         """The kind of each component map, in order: per scale "sparse" (and with a code bank
-        "code" and "residual"), then "context" with a context bank."""
-        kinds = [kind for scale in self.scales for kind in scale.kinds]
-        return kinds + ["context"] * (self.context is not None)
+        "code" and "residual")."""
+        return [kind for scale in self.scales for kind in scale.kinds]
 
     @property
     def model(self) -> UnfoldedISTA:
@@ -160,24 +154,21 @@ class Detector(nn.Module):
                 f" {self.config.patch.size}x{self.config.patch.size} patch at model resolution"
             )
 
-    def scale_components(
-        self, scale: Scale, image: torch.Tensor, noise: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def scale_components(self, scale: Scale, image: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """(1, C, h, w) image at this scale's resolution -> (1, M, h, w) unsmoothed maps:
         ||s|| folded to pixels (with a code bank, divided by the sparse divisor of each patch's
         nearest normal codes) and, with a code bank, the distance of each patch's code to the
-        nearest normal code and how far its residual level is from that code's; and the grid
-        of those codes (rows, cols, R), or None. `noise` (1, 1, 1) overrides the model's
-        per-image noise scale."""
+        nearest normal code and how far its residual level is from that code's. `noise`
+        (1, 1, 1) overrides the model's per-image noise scale."""
         p, stride = self.config.patch.size, self.config.patch.stride
         size = image.shape[-2:]
         if min(size) < p:  # a coarse scale of a small image has no patch: it adds nothing
-            return image.new_zeros(1, len(scale.kinds), *size), None
+            return image.new_zeros(1, len(scale.kinds), *size)
         rows = patches.unfold(image, p, stride)
         sparse = scale.model(rows, noise)
         bank = scale.bank
         if bank is None:
-            return scoring.sparse_to_map(sparse, size, self.channels, p, stride)[:, None], None
+            return scoring.sparse_to_map(sparse, size, self.channels, p, stride)[:, None]
         centred = rows[0] - scale.model.mean
         codes = bank.codes_of(centred)  # (N, R)
         match = bank.match(codes)
@@ -189,8 +180,7 @@ class Detector(nn.Module):
         if match.residual_levels is not None:
             deviations = (log_residual(centred, scale.model.basis) - match.residual_levels).abs()
             components.append(scoring.patch_values_to_map(deviations[None], size, p, stride))
-        grid = codes.view(*patches.grid_shape(size[0], size[1], p, stride), -1)
-        return torch.stack(components, dim=1), grid
+        return torch.stack(components, dim=1)
 
     def component_maps(self, images: torch.Tensor, noise: list[torch.Tensor] | None = None) -> torch.Tensor:
         """(B, C, h, w) images -> (B, M, h, w) unsmoothed component maps of every scale, coarse
@@ -201,31 +191,18 @@ class Detector(nn.Module):
         # map is bit-identical whatever batch or shard the image came in.
         for index in range(images.shape[0]):
             image = images[index : index + 1].to(self.device)
-            parts, grids = [], []
+            parts = []
             for number, scale in enumerate(self.scales):
                 level = None if noise is None else noise[number][index : index + 1]
-                coarse, grid = self.scale_components(scale, downsample(image, scale.factor), level)
+                coarse = self.scale_components(scale, downsample(image, scale.factor), level)
                 parts.append(upsample(coarse, scale.factor, size))
-                grids.append(grid)
-            if self.context is not None:
-                parts.append(self.context_map(grids, size))
             maps.append(torch.cat(parts, dim=1))
         return torch.cat(maps)
-
-    def context_map(self, grids: list[torch.Tensor | None], size: tuple[int, int]) -> torch.Tensor:
-        """(1, 1, h, w) context map from every scale's code grid (zeros when a coarse scale of
-        a small image has no patch)."""
-        p, stride = self.config.patch.size, self.config.patch.stride
-        if any(grid is None for grid in grids):
-            return torch.zeros(1, 1, *size, device=self.device)
-        distances = self.context.distances(grids, [s.factor for s in self.scales], p, stride)
-        return scoring.patch_values_to_map(distances, size, p, stride)[:, None]
 
     def without_image(self, image: int) -> Detector:
         """This detector with every code bank lacking the codes of training image `image`."""
         scales = [Scale(s.factor, s.model, None if s.bank is None else s.bank.without(image)) for s in self.scales]
-        context = None if self.context is None else self.context.without(image)
-        return Detector(scales, self.config, self.channels, self.calibration, self.working_scale, context)
+        return Detector(scales, self.config, self.channels, self.calibration, self.working_scale)
 
     @property
     def map_weights(self) -> list[float]:

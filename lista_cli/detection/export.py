@@ -44,8 +44,6 @@ def require_onnx() -> None:
 
 def unsupported(detector: Detector) -> str | None:
     """Why this detector cannot be exported exactly, or None when it can."""
-    if detector.context is not None:
-        return "score.context is on (the stacked-code context bank has no exact ONNX form here)"
     for scale in detector.scales:
         if scale.model.background != "global":
             return f"model.background is {scale.model.background!r} (only 'global' exports)"

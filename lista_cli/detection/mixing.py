@@ -2,7 +2,7 @@
 weighed into one map.
 
 Each component is divided by its high quantile on normal pixels, so all share one unit,
-"how far above normal". Then the S maps are weighted by a share t, the code (and context)
+"how far above normal". Then the S maps are weighted by a share t, the code
 maps by 1 - t and the residual-level maps by u (1 - t). Which map carries a texture's
 defects differs (S on paper, the code distance on periodic brick, the residual level where
 defects remove grain), so t and u are chosen on the validation set unless
@@ -43,8 +43,8 @@ def component_levels(normal_components: list[torch.Tensor], quantile: float = 0.
 
 def share_weights(detector: Detector, levels: list[float], share: float, residual: float = 0.0) -> list[float]:
     """Map weights: each component's level, times `share` for sparse-part maps,
-    1 - share for code and context maps and `residual` (1 - share) for residual-level maps."""
-    factors = {"sparse": share, "code": 1.0 - share, "context": 1.0 - share, "residual": residual * (1.0 - share)}
+    1 - share for code maps and `residual` (1 - share) for residual-level maps."""
+    factors = {"sparse": share, "code": 1.0 - share, "residual": residual * (1.0 - share)}
     return [level * factors[kind] for level, kind in zip(levels, detector.kinds, strict=True)]
 
 

@@ -109,7 +109,7 @@ def oriented_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return gaussian_smooth(maps, sigma) + line_contrast(maps)
 
 
-BROAD_KINDS = ("code", "context")  # one value per patch: smoothed with score.code_smooth_sigma
+BROAD_KINDS = ("code",)  # one value per patch: smoothed with score.code_smooth_sigma
 
 
 def kind_sigma(kind: str, sigma: float, code_sigma: float) -> float:
@@ -125,8 +125,8 @@ def smooth_mix(
     sparse_smoothing: str,
     code_sigma: float | None = None,
 ) -> torch.Tensor:
-    """(B, M, h, w) component maps -> (B, h, w) weighted sum, smoothed: the code and
-    context maps by a Gaussian of `code_sigma` (default `sigma`), the others by one of
+    """(B, M, h, w) component maps -> (B, h, w) weighted sum, smoothed: the code
+    maps by a Gaussian of `code_sigma` (default `sigma`), the others by one of
     `sigma`, and with sparse_smoothing "oriented" each sparse-part map's line contrast added
     (it is not linear, so per map, as the validation samples them)."""
     if sparse_smoothing not in ("gaussian", "oriented"):

@@ -15,7 +15,6 @@ from ..config import Config
 from . import patches
 from .calibration import calibrate_detector
 from .checkpoint import save_checkpoint
-from .context import build_context
 from .cutpaste import cutpaste
 from .defects import FAMILIES, drawn_defect
 from .detector import Calibration, Detector, Scale
@@ -24,7 +23,6 @@ from .resampling import downsample
 from .scales import init_scale, usable_factors
 from .sparse_levels import sparse_divisors
 from .training_data import TrainError, load_training_images, training_folder
-from .typicality import MAX_BANK_CANDIDATES
 from .validation import ValidationSet, make_validation_set
 
 TRAINING_FAMILIES = list(FAMILIES)
@@ -248,11 +246,6 @@ def train(
                 summary.damped_codes, summary.bank_codes = int((divisors > 1).sum()), len(divisors)
                 summary.largest_divisor = float(divisors.max())
     detector = Detector(scales, cfg, channels, working_scale=size.factor)
-    if cfg.score.context and cfg.score.bank_size and all(scale.bank is not None for scale in scales):
-        p = cfg.patch
-        detector.context = build_context(
-            scales, fitting, p.size, p.stride, cfg.score.bank_size, cfg.train.seed, MAX_BANK_CANDIDATES
-        )
 
     held_sizes, fitting_sizes = _split(loaded.input_sizes, cfg)  # calibration scores at the input size, as detect
     mix, validation_maps = _mix_and_calibrate(
