@@ -82,6 +82,7 @@ def run_variants(args: argparse.Namespace) -> None:
                     "seed": seed,
                     **{k: row.get(k) for k in ("pixel_auroc", "image_auroc", "aupro", "image_f1_calibrated")},
                     **{k: row.get(k) for k in ("image_f1_max", "good_flagged", "train_seconds")},
+                    **{k: row.get(k) for k in ("region_recall", "regions_per_good_image", "detect_images_per_second")},
                     "decisions": row["decisions"],
                 }
                 with args.out.open("a") as handle:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -94,7 +95,9 @@ def run(folder: Path, overrides: list[str], work: Path) -> dict:
     maps, masks = scored[2], scored[3]
     by_min_region = {m: region_metrics(detector, maps, masks, m) for m in MIN_REGIONS}
     inputs = collect_inputs([str(folder / "test")]).images
-    result = detect(detector, inputs, work / "out")
+    out = work / "out"
+    shutil.rmtree(out, ignore_errors=True)  # an output folder records one model's run (its manifest)
+    result = detect(detector, inputs, out)
     row = {key: report[key] for key, _, _ in COLUMNS if key in report}
     row.update(
         train_seconds=train_seconds,
