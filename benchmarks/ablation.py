@@ -19,6 +19,7 @@ costs some family more than its seed spread; otherwise it goes (the simpler mode
 
     python benchmarks/ablation.py run --variants base scales1 --seeds 0 1 2 --out results.jsonl
     python benchmarks/ablation.py table results.jsonl --baseline base
+    python benchmarks/ablation.py sets results.jsonl --variant base   # per set and family, seed means
 """
 
 from __future__ import annotations
@@ -172,6 +173,50 @@ def print_table(args: argparse.Namespace) -> None:
     print(f"\n{len(rows)} runs; seeds {' '.join(map(str, seeds))}; sets {' '.join(sets)}")
 
 
+SET_COLUMNS = [
+    ("pixel_auroc", "pixel AUROC", "{:.3f}"),
+    ("image_auroc", "image AUROC", "{:.3f}"),
+    ("aupro", "AUPRO", "{:.3f}"),
+    ("image_f1_calibrated", "image F1 at threshold", "{:.3f}"),
+    ("image_f1_max", "image F1-max", "{:.3f}"),
+    ("good_flagged", "good flagged", "{:.0%}"),
+    ("train_seconds", "train s", "{:.1f}"),
+    ("detect_images_per_second", "detect img/s", "{:.1f}"),
+]
+
+
+def print_sets(args: argparse.Namespace) -> None:
+    """One variant per set (means over seeds, lowest-highest pixel / image AUROC), then per family."""
+    rows = [json.loads(line) for path in args.results for line in path.read_text().splitlines() if line]
+    rows = [r for r in rows if r["variant"] == args.variant]
+    by_set: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_set[row["set"]].append(row)
+
+    def cells(group: list[dict]) -> list[str]:
+        out = []
+        for key, _, fmt in SET_COLUMNS:
+            values = [r[key] for r in group if r.get(key) is not None]
+            out.append(fmt.format(float(np.mean(values))) if values else "–")
+        return out
+
+    print("| set | family | seeds | " + " | ".join(t for _, t, _ in SET_COLUMNS) + " | pixel / image AUROC range |")
+    print("|---|---|---|" + "---|" * (len(SET_COLUMNS) + 1))
+    for name in sorted(by_set, key=lambda n: (by_set[n][0]["family"], n)):
+        group = by_set[name]
+        spread = " / ".join(f"{min(r[k] for r in group):.3f}–{max(r[k] for r in group):.3f}" for k in METRICS)
+        print(f"| {name} | {group[0]['family']} | {len(group)} | " + " | ".join(cells(group)) + f" | {spread} |")
+    print("\n| family | sets | " + " | ".join(t for _, t, _ in SET_COLUMNS) + " | family mean over seeds, range |")
+    print("|---|---|" + "---|" * (len(SET_COLUMNS) + 1))
+    families = sorted({r["family"] for r in rows})
+    for family in families:
+        group = [r for r in rows if r["family"] == family]
+        means = family_means(group, "pixel_auroc"), family_means(group, "image_auroc")
+        spread = " / ".join(f"{min(m[family].values()):.3f}–{max(m[family].values()):.3f}" for m in means)
+        sets = len({r["set"] for r in group})
+        print(f"| {family} | {sets} | " + " | ".join(cells(group)) + f" | {spread} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -185,8 +230,11 @@ def main() -> None:
     tabler = commands.add_parser("table", help="family table and decisions from result files")
     tabler.add_argument("results", type=Path, nargs="+")
     tabler.add_argument("--baseline", default="base")
+    setter = commands.add_parser("sets", help="one variant per set and per family")
+    setter.add_argument("results", type=Path, nargs="+")
+    setter.add_argument("--variant", default="base")
     args = parser.parse_args()
-    run_variants(args) if args.command == "run" else print_table(args)
+    {"run": run_variants, "table": print_table, "sets": print_sets}[args.command](args)
 
 
 if __name__ == "__main__":
