@@ -38,9 +38,9 @@ import numpy as np
 import torch
 
 from lista_cli.config import load_config
-from lista_cli.detection.checkpoint import load_checkpoint
-from lista_cli.detection.evaluate import evaluate, region_metrics, score_dataset
-from lista_cli.detection.train import train
+from lista_cli.detection.evaluation.evaluate import evaluate, region_metrics, score_dataset
+from lista_cli.detection.scoring.checkpoint import load_checkpoint
+from lista_cli.detection.training.train import train
 from lista_cli.io.batch import detect
 from lista_cli.io.inputs import collect_inputs
 

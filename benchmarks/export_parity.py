@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 from lista_cli.config import load_config
-from lista_cli.detection.checkpoint import load_checkpoint
-from lista_cli.detection.export import export
-from lista_cli.detection.onnx_model import OnnxDetector
-from lista_cli.detection.train import train
+from lista_cli.detection.export.export import export
+from lista_cli.detection.export.onnx_model import OnnxDetector
+from lista_cli.detection.scoring.checkpoint import load_checkpoint
+from lista_cli.detection.training.train import train
 from lista_cli.io.imageio import read_image
 from lista_cli.io.inputs import collect_inputs
 

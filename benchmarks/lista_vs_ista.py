@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 from lista_cli.config import load_config
-from lista_cli.detection import patches
-from lista_cli.detection.checkpoint import load_checkpoint
-from lista_cli.detection.cutpaste import cutpaste
-from lista_cli.detection.evaluate import score_dataset
-from lista_cli.detection.metrics import roc_auc
-from lista_cli.detection.train import train
+from lista_cli.detection.evaluation.evaluate import score_dataset
+from lista_cli.detection.evaluation.metrics import roc_auc
+from lista_cli.detection.model import patches
+from lista_cli.detection.scoring.checkpoint import load_checkpoint
+from lista_cli.detection.training.cutpaste import cutpaste
+from lista_cli.detection.training.train import train
 from lista_cli.io.imageio import read_image
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "piped"

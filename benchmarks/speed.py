@@ -33,9 +33,9 @@ import torch
 from PIL import Image
 
 from lista_cli.config import load_config
-from lista_cli.detection import patches
-from lista_cli.detection.checkpoint import load_checkpoint
-from lista_cli.detection.train import train
+from lista_cli.detection.model import patches
+from lista_cli.detection.scoring.checkpoint import load_checkpoint
+from lista_cli.detection.training.train import train
 from lista_cli.io.batch import detect
 from lista_cli.io.inputs import collect_inputs
 
@@ -110,7 +110,7 @@ def whole_process(model: Path, tmp: Path, count: int) -> dict:
     one = command([first], tmp / "process_one")
     every = command([str(folder)], tmp / "process_all")
     if model.suffix == ".onnx":
-        from lista_cli.detection.onnx_model import OnnxDetector
+        from lista_cli.detection.export.onnx_model import OnnxDetector
 
         detector = OnnxDetector(model)
     else:
@@ -131,8 +131,8 @@ def whole_process(model: Path, tmp: Path, count: int) -> dict:
 def onnx_against_torch(models: dict[int, Path], tmp: Path, sizes: list[int]) -> list[dict]:
     """In-process images/s of the checkpoint (PyTorch) and its export (ONNX Runtime) on the
     same decoded images, best of 3 passes each."""
-    from lista_cli.detection.export import export
-    from lista_cli.detection.onnx_model import OnnxDetector
+    from lista_cli.detection.export.export import export
+    from lista_cli.detection.export.onnx_model import OnnxDetector
 
     rows = []
     for channels, model in models.items():
@@ -236,7 +236,7 @@ def main() -> None:
             print(row, file=sys.stderr, flush=True)
         process = whole_process(default_model, tmp, args.process_images)
         print(process, file=sys.stderr, flush=True)
-        from lista_cli.detection.export import export
+        from lista_cli.detection.export.export import export
 
         exported_default = export(load_checkpoint(default_model), tmp / "default.onnx")
         onnx_process = whole_process(exported_default, tmp, args.process_images)

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from lista_cli.config import load_config
-from lista_cli.detection.checkpoint import load_checkpoint
-from lista_cli.detection.evaluate import score_dataset
-from lista_cli.detection.thresholds import set_thresholds
-from lista_cli.detection.train import train
+from lista_cli.detection.evaluation.evaluate import score_dataset
+from lista_cli.detection.evaluation.thresholds import set_thresholds
+from lista_cli.detection.scoring.checkpoint import load_checkpoint
+from lista_cli.detection.training.train import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import SHARED, datasets  # noqa: E402

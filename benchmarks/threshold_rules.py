@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lista_cli.detection.metrics import f1_at, f1_max
+from lista_cli.detection.evaluation.metrics import f1_at, f1_max
 
 QUANTILES = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99)
 MARGINS = tuple(round(1.0 + 0.05 * i, 2) for i in range(17))  # 1.00 .. 1.80

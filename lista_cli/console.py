@@ -167,7 +167,7 @@ def print_eval_table(report: dict[str, Any], dataset: Path) -> None:
     """The per-kind metrics table of lista eval, on stdout."""
     from rich.table import Table
 
-    from .detection.evaluate import EVAL_COLUMNS as columns
+    from .detection.evaluation.evaluate import EVAL_COLUMNS as columns
 
     thresholds = f"image threshold {report['threshold']:.4g}, mask threshold {report['pixel_threshold']:.4g}"
     table = Table(title=Text(f"{dataset}  ({thresholds})"))

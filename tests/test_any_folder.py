@@ -15,7 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from lista_cli.cli import app
-from lista_cli.detection.train import _random_crops
+from lista_cli.detection.training.train import _random_crops
 
 from .conftest import FAST_TRAIN, texture
 

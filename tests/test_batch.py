@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from lista_cli.cli import app
-from lista_cli.detection.checkpoint import load_checkpoint
+from lista_cli.detection.scoring.checkpoint import load_checkpoint
 from lista_cli.io.batch import detect
 from lista_cli.io.inputs import InputError, InputImage, collect_inputs, parse_shard, select_shard
 
@@ -182,7 +182,7 @@ def _region_rows(path):
 
 
 def test_regions_file_matches_masks_and_survives_shards_and_resume(setup, tmp_path):
-    from lista_cli.detection.regions import label_regions
+    from lista_cli.detection.scoring.regions import label_regions
 
     model, images = setup
     detector = load_checkpoint(model)

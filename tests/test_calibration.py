@@ -10,10 +10,10 @@ from typer.testing import CliRunner
 
 from lista_cli.cli import app
 from lista_cli.config import load_config
-from lista_cli.detection import calibration
-from lista_cli.detection.checkpoint import load_checkpoint
-from lista_cli.detection.train import _split
-from lista_cli.detection.training_data import load_training_images
+from lista_cli.detection.scoring.checkpoint import load_checkpoint
+from lista_cli.detection.training import calibration
+from lista_cli.detection.training.train import _split
+from lista_cli.detection.training.training_data import load_training_images
 from lista_cli.io.imageio import read_image
 
 from .conftest import make_mvtec, train_tiny

@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from lista_cli.cli import app
-from lista_cli.detection.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from lista_cli.detection.scoring.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 from .conftest import SAMPLE
 

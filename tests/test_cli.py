@@ -190,7 +190,7 @@ def test_training_is_repeatable(mvtec, tmp_path):
 def test_training_that_only_hurts_keeps_the_untrained_model(mvtec, tmp_path):
     """A wild learning rate wrecks the layers; validation must keep step 0 (ISTA itself)."""
     from lista_cli.config import load_config
-    from lista_cli.detection.train import train
+    from lista_cli.detection.training.train import train
 
     overrides = ["train.steps=6", "train.val_every=2", "train.batch=4", "score.bank_size=0"]
     wrecked = train(mvtec, load_config(None, [*overrides, "train.lr=50"]), tmp_path / "wrecked.pt")
@@ -205,7 +205,7 @@ def test_training_that_only_hurts_keeps_the_untrained_model(mvtec, tmp_path):
 
 @pytest.mark.parametrize("background", ["image", "both"])
 def test_image_background_trains_detects_and_tiles(mvtec, tmp_path, background):
-    from lista_cli.detection.checkpoint import load_checkpoint
+    from lista_cli.detection.scoring.checkpoint import load_checkpoint
 
     model = tmp_path / f"{background}.pt"
     result = runner.invoke(
@@ -228,7 +228,7 @@ def test_image_background_trains_detects_and_tiles(mvtec, tmp_path, background):
 
 
 def test_a_scale_too_small_for_a_patch_is_skipped_with_a_warning(tmp_path, rng):
-    from lista_cli.detection.checkpoint import load_checkpoint
+    from lista_cli.detection.scoring.checkpoint import load_checkpoint
 
     data = tmp_path / "tiny"
     data.mkdir()
@@ -260,7 +260,7 @@ def test_auto_size_scales_every_image_by_one_factor(tmp_path, rng):
     # median shorter side 290 px -> 256 px
     assert "working size 256 px" in result.output
     assert "per defect family: scratch" in result.output and "crack" in result.output  # 1 held out: 3 families
-    from lista_cli.detection.checkpoint import load_checkpoint
+    from lista_cli.detection.scoring.checkpoint import load_checkpoint
 
     detector = load_checkpoint(model)
     assert detector.working_scale == pytest.approx(256 / 290)

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from lista_cli.config import Config
-from lista_cli.detection.detector import Detector, Scale
-from lista_cli.detection.mixing import RESIDUAL_WEIGHTS, SPARSE_SHARES, choose_weights, share_weights
-from lista_cli.detection.validation import sampled
+from lista_cli.detection.scoring.detector import Detector, Scale
+from lista_cli.detection.training.mixing import RESIDUAL_WEIGHTS, SPARSE_SHARES, choose_weights, share_weights
+from lista_cli.detection.training.validation import sampled
 
 
 def _detector(share=None, scales=2, residual=False, residual_weight=None):
@@ -132,9 +132,9 @@ def test_the_s_smoothing_follows_the_shape_of_the_validation_defects(shape, expe
 
 
 def test_step_validation_reuses_the_bank_maps_and_scores_like_the_whole_detector():
-    from lista_cli.detection.mixing import StepValidation, validation_score
-    from lista_cli.detection.scales import init_scale
-    from lista_cli.detection.validation import make_validation_set
+    from lista_cli.detection.training.mixing import StepValidation, validation_score
+    from lista_cli.detection.training.scales import init_scale
+    from lista_cli.detection.training.validation import make_validation_set
 
     gen = torch.Generator().manual_seed(23)
     images = [torch.rand(1, 37, 41, generator=gen) * 0.5 + 0.25 for _ in range(5)]

@@ -3,7 +3,7 @@ import math
 import torch
 
 from lista_cli.config import CutPasteConfig
-from lista_cli.detection.cutpaste import cutpaste
+from lista_cli.detection.training.cutpaste import cutpaste
 
 
 def _image(seed, size=(3, 61, 47)):
@@ -56,7 +56,7 @@ def test_scar_is_thin_and_scales_with_size():
 
 
 def test_drawn_defects_are_seeded_and_masked():
-    from lista_cli.detection.defects import scratch, stain
+    from lista_cli.detection.training.defects import scratch, stain
 
     image = _image(9, (1, 70, 57))
     for draw in (scratch, stain):

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from lista_cli.cli import app
 from lista_cli.config import Config
-from lista_cli.detection import calibration, model
+from lista_cli.detection.model import model
+from lista_cli.detection.training import calibration
 from lista_cli.restoration.deblur import DEFAULT_RULE
 
 from .conftest import REPO

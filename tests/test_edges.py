@@ -3,8 +3,8 @@
 import numpy as np
 import torch
 
-from lista_cli.detection.edges import QUANTILE, edge_profile
-from lista_cli.detection.postprocess import Finish
+from lista_cli.detection.scoring.postprocess import Finish
+from lista_cli.detection.training.edges import QUANTILE, edge_profile
 
 
 def damp_edges(maps: torch.Tensor, rows: list[float], columns: list[float]) -> torch.Tensor:

@@ -7,8 +7,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from lista_cli.cli import app
-from lista_cli.detection.checkpoint import load_checkpoint
-from lista_cli.detection.evaluate import evaluate
+from lista_cli.detection.evaluation.evaluate import evaluate
+from lista_cli.detection.scoring.checkpoint import load_checkpoint
 
 from .conftest import SAMPLE
 

@@ -26,9 +26,9 @@ from .conftest import REPO, SAMPLE, make_mvtec, train_tiny
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from lista_cli.detection.checkpoint import load_checkpoint  # noqa: E402
-from lista_cli.detection.export import export  # noqa: E402
-from lista_cli.detection.onnx_model import OnnxDetector  # noqa: E402
+from lista_cli.detection.export.export import export  # noqa: E402
+from lista_cli.detection.export.onnx_model import OnnxDetector  # noqa: E402
+from lista_cli.detection.scoring.checkpoint import load_checkpoint  # noqa: E402
 
 runner = CliRunner()
 TOLERANCE = 1e-4  # on maps divided by the image threshold (1.0 = the threshold)
@@ -241,7 +241,7 @@ class Blocked(importlib.abc.MetaPathFinder):
             raise ImportError(f"{name} is not available here")
 sys.meta_path.insert(0, Blocked())
 from lista_cli.io.imageio import ImageError, read_image
-from lista_cli.detection.onnx_model import OnnxDetector
+from lista_cli.detection.export.onnx_model import OnnxDetector
 result = OnnxDetector(sys.argv[1]).detect_batch([read_image(sys.argv[2])])[0]
 print(json.dumps({"score": result.score, "anomalous": result.anomalous, "modules": sorted(sys.modules)}))
 """

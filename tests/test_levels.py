@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from lista_cli.detection.inference import lower_median as lower_median_torch
-from lista_cli.detection.levels import QUANTILE, level_reference
-from lista_cli.detection.postprocess import Finish, lower_median
+from lista_cli.detection.scoring.inference import lower_median as lower_median_torch
+from lista_cli.detection.scoring.postprocess import Finish, lower_median
+from lista_cli.detection.training.levels import QUANTILE, level_reference
 
 
 def map_levels(maps: torch.Tensor) -> torch.Tensor:
@@ -70,7 +70,7 @@ def test_training_measures_the_reference_unless_turned_off(tiny_trained, mvtec, 
     from typer.testing import CliRunner
 
     from lista_cli.cli import app
-    from lista_cli.detection.checkpoint import load_checkpoint
+    from lista_cli.detection.scoring.checkpoint import load_checkpoint
 
     from .conftest import FAST_TRAIN, train_tiny
 

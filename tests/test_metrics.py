@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from lista_cli.detection.metrics import roc_auc
+from lista_cli.detection.evaluation.metrics import roc_auc
 
 
 @pytest.mark.parametrize("size", [2, 17, 1001])
@@ -22,7 +22,7 @@ def test_roc_auc_one_class_is_nan():
 
 from sklearn.metrics import precision_recall_curve  # noqa: E402
 
-from lista_cli.detection.metrics import aupro, f1_at, f1_max, label_regions  # noqa: E402
+from lista_cli.detection.evaluation.metrics import aupro, f1_at, f1_max, label_regions  # noqa: E402
 
 
 @pytest.mark.parametrize("size", [5, 64, 999])
@@ -77,7 +77,7 @@ def test_aupro_region_weighting_and_perfect():
 
 @pytest.mark.parametrize("shape, share", [((1, 1, 1), 0.01), ((3, 17, 29), 0.01), ((2, 40, 7), 0.3), ((1, 5, 5), 1.0)])
 def test_topk_image_score_is_the_mean_of_the_largest_pixels(shape, share):
-    from lista_cli.detection.postprocess import image_score
+    from lista_cli.detection.scoring.postprocess import image_score
 
     maps = np.random.default_rng(shape[1]).random(shape, dtype=np.float32)
     flat = np.sort(maps.astype(np.float64).reshape(shape[0], -1), axis=1)[:, ::-1]
@@ -97,7 +97,7 @@ def test_gaussian_smooth_equals_scipy(sigma, border, mode):
     import torch
     from scipy import ndimage
 
-    from lista_cli.detection.scoring import gaussian_smooth
+    from lista_cli.detection.scoring.pixel_maps import gaussian_smooth
 
     maps = np.random.default_rng(int(10 * sigma)).random((2, 23, 31))
     got = gaussian_smooth(torch.from_numpy(maps), sigma, border).numpy()
@@ -110,7 +110,7 @@ def test_gaussian_smooth_equals_scipy(sigma, border, mode):
 
 
 def _line_contrast_reference(maps: np.ndarray, along: float, across: float, count: int = 8) -> np.ndarray:
-    """scoring.line_contrast in float64 numpy with explicit loops: 2 x 2 block means (partial
+    """pixel_maps.line_contrast in float64 numpy with explicit loops: 2 x 2 block means (partial
     blocks average what they have), each rotated Gaussian applied by direct summation over a
     reflected border, the largest |response - the perpendicular direction's response|, then
     bilinear x2 (half-pixel centres, clamped)."""
@@ -164,11 +164,11 @@ def test_oriented_smooth_equals_scipy_gaussian_plus_a_direct_float64_line_contra
     import torch
     from scipy import ndimage
 
-    from lista_cli.detection import scoring
+    from lista_cli.detection.scoring import pixel_maps
 
     maps = np.random.default_rng(shape[0]).random((2, *shape))
-    got = scoring.oriented_smooth(torch.from_numpy(maps).float(), 2.0).double().numpy()
-    along, across = scoring.LINE_SIGMA_ALONG / 2, scoring.LINE_SIGMA_ACROSS / 2
+    got = pixel_maps.oriented_smooth(torch.from_numpy(maps).float(), 2.0).double().numpy()
+    along, across = pixel_maps.LINE_SIGMA_ALONG / 2, pixel_maps.LINE_SIGMA_ACROSS / 2
     for m, g in zip(maps, got, strict=True):
         gaussian = ndimage.gaussian_filter(m, 2.0, mode="mirror", radius=6)
         np.testing.assert_allclose(g, gaussian + _line_contrast_reference(m, along, across), atol=2e-6)
@@ -187,7 +187,7 @@ def test_a_faint_trail_stands_out_more_after_oriented_smoothing_than_after_the_g
     itself, the isotropic one with the noise around it."""
     import torch
 
-    from lista_cli.detection import scoring
+    from lista_cli.detection.scoring import pixel_maps
 
     y, x, trail, maps = _trail_and_spot(np.random.default_rng(4))
     maps = torch.from_numpy(maps).float()
@@ -197,7 +197,7 @@ def test_a_faint_trail_stands_out_more_after_oriented_smoothing_than_after_the_g
         far = (np.abs(y - 30 - 0.577 * x) >= 12) & (np.hypot(y - 75, x - 30) >= 12)
         return (values[:, trail].mean() - values[:, far].mean()) / values[:, far].std()
 
-    assert separation(scoring.oriented_smooth(maps, 2.0)) > 1.25 * separation(scoring.gaussian_smooth(maps, 2.0))
+    assert separation(pixel_maps.oriented_smooth(maps, 2.0)) > 1.25 * separation(pixel_maps.gaussian_smooth(maps, 2.0))
 
 
 def test_a_thin_trail_gains_and_a_round_spot_keeps_its_peak():
@@ -205,14 +205,14 @@ def test_a_thin_trail_gains_and_a_round_spot_keeps_its_peak():
     maximum stays the Gaussian's; a 2 px trail's rises by its line contrast."""
     import torch
 
-    from lista_cli.detection import scoring
+    from lista_cli.detection.scoring import pixel_maps
 
     y, x = np.mgrid[0:80, 0:80]
     trail = torch.from_numpy((np.abs(y - 40) < 1.0) * 1.0)[None].float()
-    assert float(scoring.oriented_smooth(trail, 2.0).max()) > 2 * float(scoring.gaussian_smooth(trail, 2.0).max())
+    assert float(pixel_maps.oriented_smooth(trail, 2.0).max()) > 2 * float(pixel_maps.gaussian_smooth(trail, 2.0).max())
     for radius in (2.0, 4.0, 8.0):
         spot = torch.from_numpy(np.exp(-((y - 40) ** 2 + (x - 41) ** 2) / (2 * radius**2)))[None].float()
-        gaussian, oriented = scoring.gaussian_smooth(spot, 2.0), scoring.oriented_smooth(spot, 2.0)
+        gaussian, oriented = pixel_maps.gaussian_smooth(spot, 2.0), pixel_maps.oriented_smooth(spot, 2.0)
         assert float(oriented.max()) < 1.05 * float(gaussian.max())
         assert int(oriented.argmax()) == int(gaussian.argmax())
 
@@ -223,12 +223,12 @@ def test_smooth_mix_smooths_each_kind_of_map_at_its_own_sigma():
     import torch
     from scipy import ndimage
 
-    from lista_cli.detection import scoring
+    from lista_cli.detection.scoring import pixel_maps
 
     kinds = ["sparse", "code", "residual", "sparse", "code", "residual"]
     weights = [0.7, 1.3, 0.4, 2.0, 0.1, 0.9]
     maps = np.random.default_rng(11).random((1, len(kinds), 41, 37))
-    got = scoring.smooth_mix(torch.from_numpy(maps), weights, kinds, 1.5, "gaussian", 3.5).numpy()[0]
+    got = pixel_maps.smooth_mix(torch.from_numpy(maps), weights, kinds, 1.5, "gaussian", 3.5).numpy()[0]
     expected = sum(
         w
         * ndimage.gaussian_filter(
@@ -240,7 +240,7 @@ def test_smooth_mix_smooths_each_kind_of_map_at_its_own_sigma():
         for i, (k, w) in enumerate(zip(kinds, weights, strict=True))
     )
     np.testing.assert_allclose(got, expected, atol=1e-10)
-    oriented = scoring.smooth_mix(torch.from_numpy(maps), weights, kinds, 1.5, "oriented", 3.5).numpy()[0]
-    along, across = scoring.LINE_SIGMA_ALONG / 2, scoring.LINE_SIGMA_ACROSS / 2
+    oriented = pixel_maps.smooth_mix(torch.from_numpy(maps), weights, kinds, 1.5, "oriented", 3.5).numpy()[0]
+    along, across = pixel_maps.LINE_SIGMA_ALONG / 2, pixel_maps.LINE_SIGMA_ACROSS / 2
     lines = sum(weights[i] * _line_contrast_reference(maps[0, i], along, across) for i in (0, 3))
     np.testing.assert_allclose(oriented, expected + lines, atol=1e-6)

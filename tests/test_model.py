@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lista_cli.config import ModelConfig
-from lista_cli.detection.model import (
+from lista_cli.detection.model.model import (
     IMAGE_RANK,
     PrincipalAxes,
     UnfoldedISTA,

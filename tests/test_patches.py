@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lista_cli.detection.patches import fold, grid_shape, padded_size, unfold
+from lista_cli.detection.model.patches import fold, grid_shape, padded_size, unfold
 
 
 @pytest.mark.parametrize("size", [(37, 31), (8, 8), (9, 50), (64, 33), (127, 128)])

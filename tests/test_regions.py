@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from lista_cli.detection.regions import find_regions, label_regions
+from lista_cli.detection.scoring.regions import find_regions, label_regions
 
 
 @pytest.mark.parametrize(

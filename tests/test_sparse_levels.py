@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from lista_cli.config import Config
-from lista_cli.detection import patches, sparse_levels
-from lista_cli.detection.detector import Detector
-from lista_cli.detection.resampling import downsample
-from lista_cli.detection.scales import init_scale
+from lista_cli.detection.model import patches
+from lista_cli.detection.scoring.detector import Detector
+from lista_cli.detection.scoring.resampling import downsample
+from lista_cli.detection.training import sparse_levels
+from lista_cli.detection.training.scales import init_scale
 
 
 def _images(gen: torch.Generator, channels: int, count: int = 6) -> list[torch.Tensor]:
@@ -114,7 +115,7 @@ def test_training_sets_the_divisors_and_says_so(mvtec, tmp_path):
     from typer.testing import CliRunner
 
     from lista_cli.cli import app
-    from lista_cli.detection.checkpoint import load_checkpoint
+    from lista_cli.detection.scoring.checkpoint import load_checkpoint
 
     from .conftest import FAST_TRAIN, train_tiny
 

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lista_cli.cli import app
-from lista_cli.detection.thresholds import (
+from lista_cli.detection.evaluation.thresholds import (
     Examples,
     Target,
     ThresholdError,
@@ -82,7 +82,7 @@ def test_impossible_or_invalid_requests_are_refused():
 
 
 def test_threshold_command_writes_a_new_model_that_detect_uses(trained, tmp_path):
-    from lista_cli.detection.checkpoint import load_checkpoint
+    from lista_cli.detection.scoring.checkpoint import load_checkpoint
 
     model, mvtec = trained
     new = tmp_path / "strict.pt"
@@ -156,7 +156,7 @@ def test_threshold_command_bad_requests_are_one_line_exit_1(trained, tmp_path, a
 def test_in_place_rewrites_the_model_with_the_new_thresholds(trained, tmp_path):
     import shutil
 
-    from lista_cli.detection.checkpoint import load_checkpoint
+    from lista_cli.detection.scoring.checkpoint import load_checkpoint
 
     model, mvtec = trained
     copy = tmp_path / "copy.pt"

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lista_cli.detection.checkpoint import load_checkpoint
-from lista_cli.detection.inference import noise_scale
-from lista_cli.detection.patches import unfold
-from lista_cli.detection.resampling import downsample
-from lista_cli.detection.tiling import TileRule
+from lista_cli.detection.model.patches import unfold
+from lista_cli.detection.scoring.checkpoint import load_checkpoint
+from lista_cli.detection.scoring.inference import noise_scale
+from lista_cli.detection.scoring.resampling import downsample
+from lista_cli.detection.scoring.tiling import TileRule
 
 TILED_TOLERANCE = 1e-5  # of the image threshold: README, "Big images"
 

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from lista_cli.detection import scoring, typicality
-from lista_cli.detection.typicality import CodeBank, coreset
+from lista_cli.detection.model import typicality
+from lista_cli.detection.model.typicality import CodeBank, coreset
+from lista_cli.detection.scoring import pixel_maps
 
 
 @pytest.mark.parametrize("block", [7, 4096])
@@ -47,7 +48,7 @@ def test_a_bank_code_is_at_distance_zero():
 
 def test_patch_values_to_map_averages_covering_patches():
     values = torch.arange(9, dtype=torch.float32).view(1, 9)  # a 3x3 grid of 4x4 patches, stride 2
-    got = scoring.patch_values_to_map(values, (8, 8), 4, 2)[0]
+    got = pixel_maps.patch_values_to_map(values, (8, 8), 4, 2)[0]
     assert got[0, 0] == 0 and got[7, 7] == 8
     assert got[2, 2] == pytest.approx((0 + 1 + 3 + 4) / 4)  # covered by four patches
 
@@ -83,7 +84,7 @@ def test_coreset_keeps_a_rare_cluster_that_random_sampling_misses():
 
 @pytest.mark.parametrize("band", [1, 7, 65536])
 def test_bank_holds_the_code_of_every_offset_whatever_the_band(monkeypatch, band):
-    from lista_cli.detection import patches
+    from lista_cli.detection.model import patches
 
     monkeypatch.setattr(typicality, "BANK_BAND_PATCHES", band)
     image = torch.rand(3, 50, 37, generator=torch.Generator().manual_seed(9))

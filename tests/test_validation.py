@@ -6,10 +6,10 @@ import torch
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
 from lista_cli.config import Config
-from lista_cli.detection.calibration import calibrate, pixel_threshold
-from lista_cli.detection.defects import FAMILIES, drawn_defect
-from lista_cli.detection.validation import make_validation_set, sampled
-from lista_cli.detection.working_size import working_size
+from lista_cli.detection.training.calibration import calibrate, pixel_threshold
+from lista_cli.detection.training.defects import FAMILIES, drawn_defect
+from lista_cli.detection.training.validation import make_validation_set, sampled
+from lista_cli.detection.training.working_size import working_size
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -101,7 +101,7 @@ def test_working_size_rule(shapes, expected):
 
 
 def test_training_defects_mix_cutpaste_and_drawn_families_when_asked():
-    from lista_cli.detection.train import training_defect
+    from lista_cli.detection.training.train import training_defect
 
     config = Config()
     crop = 0.3 + 0.4 * torch.rand(3, 33, 29, generator=torch.Generator().manual_seed(1))
@@ -120,7 +120,7 @@ def test_training_defects_mix_cutpaste_and_drawn_families_when_asked():
 
 
 def test_calibration_round_trips_and_reads_older_dicts():
-    from lista_cli.detection.detector import Calibration
+    from lista_cli.detection.scoring.detector import Calibration
 
     calibration = Calibration([1.0, 2.0], 3.5, 1.5, [1.2, 1.1], [1.3], [0.5, 0.7])
     assert Calibration.from_dict(calibration.to_dict()) == calibration

@@ -41,8 +41,8 @@ def train(
         cfg = load_config(config, set_ or [])
         check_output_file(out)  # a folder or an unwritable place: said now, not after training
         setup_torch(threads or cfg.train.threads)
-        from ..detection.train import train as run_train
-        from ..detection.training_data import training_images
+        from ..detection.training.train import train as run_train
+        from ..detection.training.training_data import training_images
 
         training_images(data_dir)  # no folder or no images: one line, before any progress bar
         with progress_bar(quiet) as progress:
@@ -99,7 +99,7 @@ def threshold_command(
     recall with the counts they rest on."""
     with errors(debug):
         setup_torch(threads)
-        from ..detection.thresholds import parse_target, set_thresholds
+        from ..detection.evaluation.thresholds import parse_target, set_thresholds
         from ..errors import ListaError
         from ..io.outputs import check_output_file
 
@@ -141,8 +141,8 @@ def evaluate(
     model's calibrated threshold."""
     with errors(debug):
         setup_torch(threads)
-        from ..detection.checkpoint import load_checkpoint
-        from ..detection.evaluate import evaluate as run_eval
+        from ..detection.evaluation.evaluate import evaluate as run_eval
+        from ..detection.scoring.checkpoint import load_checkpoint
 
         if report_path is not None:
             from ..io.outputs import check_output_file
@@ -190,11 +190,11 @@ def export_command(
         from ..io.outputs import check_output_file
 
         check_output_file(out)
-        from ..detection.export import export, require_onnx
+        from ..detection.export.export import export, require_onnx
 
         require_onnx()  # a missing extra is reported before the checkpoint is read
         setup_torch(0)
-        from ..detection.checkpoint import load_checkpoint
+        from ..detection.scoring.checkpoint import load_checkpoint
 
         detector = load_checkpoint(model, "cpu")
         written = export(detector, out)

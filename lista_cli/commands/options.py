@@ -53,14 +53,14 @@ def load_model(path: Path, device: str, threads: int):
     """A checkpoint as a Detector, or an exported MODEL.onnx as an OnnxDetector (ONNX Runtime
     on the CPU, no torch)."""
     if path.suffix.lower() == ".onnx":
-        from ..detection.onnx_model import OnnxDetector
+        from ..detection.export.onnx_model import OnnxDetector
         from ..errors import ListaError
 
         if device not in ("auto", "cpu"):
             raise ListaError(f"--device {device}: an exported model runs on the CPU (ONNX Runtime)")
         return OnnxDetector(path, threads)
     setup_torch(threads)
-    from ..detection.checkpoint import load_checkpoint
+    from ..detection.scoring.checkpoint import load_checkpoint
 
     return load_checkpoint(path, pick_device(device))
 

@@ -1,2 +1,2 @@
-"""Finding defects: patches, the unfolded model, typicality, the detector, its training,
-calibration, evaluation and export. Nothing here imports torch at package import."""
+"""Finding defects, a sub-package a stage: model/ (patches, unfolded model, code bank), training/,
+scoring/ (detector, maps), export/ (ONNX), evaluation/. Nothing here imports torch at package import."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..detection.regions import REGION_COLUMNS
+from ..detection.scoring.regions import REGION_COLUMNS
 from ..errors import OutputError, write_error
 from .imageio import ImageError, atomic_write, read_image
 from .inputs import InputImage, shard_suffix
@@ -30,8 +30,8 @@ from .outputs import check_output_dir, failures_path, write_failures
 from .writer import output_paths, write_outputs
 
 if TYPE_CHECKING:  # the batch runner also runs exported models (onnx_model), without torch
-    from ..detection.detector import Detector
-    from ..detection.onnx_model import OnnxDetector
+    from ..detection.export.onnx_model import OnnxDetector
+    from ..detection.scoring.detector import Detector
 
 SCORE_COLUMNS = ["image", "score", "normalized_score", "anomalous", "heatmap", "mask", "map"]
 REGION_FILE_COLUMNS = ["image", "region", *REGION_COLUMNS]

@@ -175,7 +175,7 @@ def detect_report(out_dir: Path, page_size: int = PAGE_SIZE) -> Path:
 
 def eval_report(report: dict[str, Any], labels: np.ndarray, scores: np.ndarray, path: Path) -> Path:
     """Write an eval report: summary, histogram, ROC and precision-recall curves, per-kind table."""
-    from ..detection.evaluate import EVAL_COLUMNS as columns
+    from ..detection.evaluation.evaluate import EVAL_COLUMNS as columns
 
     table = [(kind, metrics) for kind, metrics in report["kinds"].items()] + [("all", report)]
     html = _render(

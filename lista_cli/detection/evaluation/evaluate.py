@@ -7,11 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from ..io.dataset import TestImage, test_images
-from ..io.imageio import read_image
-from .detector import Detector
+from ...io.dataset import TestImage, test_images
+from ...io.imageio import read_image
+from ..scoring.detector import Detector
+from ..scoring.regions import label_regions
 from .metrics import aupro, f1_at, f1_max, roc_auc
-from .regions import label_regions
 
 # Metrics of an eval table (cli) and report (report.py), with their column titles.
 EVAL_COLUMNS = {

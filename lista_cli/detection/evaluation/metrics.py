@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .regions import label_regions
+from ..scoring.regions import label_regions
 
 
 def _flat(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

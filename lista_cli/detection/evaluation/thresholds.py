@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ListaError
-from ..io.dataset import test_images
-from ..io.imageio import ImageError, read_image
-from ..io.inputs import collect_inputs
-from .checkpoint import load_checkpoint, save_checkpoint
-from .detector import Detector
+from ...errors import ListaError
+from ...io.dataset import test_images
+from ...io.imageio import ImageError, read_image
+from ...io.inputs import collect_inputs
+from ..scoring.checkpoint import load_checkpoint, save_checkpoint
+from ..scoring.detector import Detector
 from .metrics import f1_max
 
 MAX_PIXELS = 2_000_000  # pixels sampled for the mask threshold's F1

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
-from ..errors import ListaError
-from ..io.imageio import atomic_write
-from .detector import Detector
-from .inference import DetectorForward
+from ... import __version__
+from ...errors import ListaError
+from ...io.imageio import atomic_write
+from ..scoring.detector import Detector
+from ..scoring.inference import DetectorForward
+from ..scoring.pixel_maps import line_radius
 from .onnx_model import FORMAT, FORMAT_VERSION
-from .scoring import line_radius
 
 OPSET = 18
 
@@ -117,7 +117,7 @@ def build(detector: Detector):
         "lista texture defect detector (traced from its PyTorch forward pass). Inputs: the image at the"
         " working size, float32 (1, channels, height, width) in [0, 1], and a tile of it (the image"
         " itself when it fits in one tile). Output: the tile's smoothed anomaly map (tile height, width)."
-        " lista_cli.detection.onnx_model.OnnxDetector adds what comes before and after (metadata)."
+        " lista_cli.detection.export.onnx_model.OnnxDetector adds what comes before and after (metadata)."
     )
     onnx.helper.set_model_props(model, metadata(detector))
     return model

@@ -8,7 +8,7 @@ batch runner uses of a checkpoint's Detector (channels, threshold, check_size,
 detect_batch), so `lista detect MODEL.onnx` has the same outputs, batching, sharding and
 error handling.
 
-    from lista_cli.detection.onnx_model import OnnxDetector
+    from lista_cli.detection.export.onnx_model import OnnxDetector
     from lista_cli.io.imageio import read_image
     result = OnnxDetector("texture.onnx").detect_batch([read_image("part.png")])[0]
 """
@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ListaError
-from ..io.imageio import ImageError, working_shape
-from .postprocess import Finish, prepare
-from .regions import Result, decide
-from .tiling import TileRule
+from ...errors import ListaError
+from ...io.imageio import ImageError, working_shape
+from ..scoring.postprocess import Finish, prepare
+from ..scoring.regions import Result, decide
+from ..scoring.tiling import TileRule
 
 FORMAT = "lista-onnx"
 FORMAT_VERSION = 3  # 3: traced from the PyTorch forward pass; pre- and post-processing in numpy

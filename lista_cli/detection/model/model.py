@@ -31,7 +31,7 @@ import math
 import torch
 from torch import nn
 
-from ..config import ModelConfig
+from ...config import ModelConfig
 
 LAYER_KINDS = ("full", "cp", "alista")
 # The per-image noise scale (noise_scale): NOISE_PER_MAD x the median |Q x| over an evenly

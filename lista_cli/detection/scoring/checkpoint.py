@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
-from .. import __version__
-from ..config import Config, ConfigError, from_dict
-from ..errors import ListaError
-from ..io.imageio import atomic_write
+from ... import __version__
+from ...config import Config, ConfigError, from_dict
+from ...errors import ListaError
+from ...io.imageio import atomic_write
 from .detector import Detector
 
 FORMAT = "lista-checkpoint"

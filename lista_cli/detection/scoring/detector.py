@@ -10,16 +10,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import Config
-from ..io.imageio import ImageError, working_shape
-from . import patches, scoring
+from ...config import Config
+from ...io.imageio import ImageError, working_shape
+from ..model import patches
+from ..model.model import UnfoldedISTA
+from ..model.typicality import CodeBank, log_residual
+from . import pixel_maps
 from .inference import DetectorForward
-from .model import UnfoldedISTA
 from .postprocess import Finish, image_score, prepare
 from .regions import Result, decide
 from .resampling import downsample, upsample
 from .tiling import TileRule
-from .typicality import CodeBank, log_residual
 
 
 @dataclass
@@ -34,7 +35,7 @@ class Calibration:
     image_scores: list[float] = field(default_factory=list)  # the normal scores the threshold came from
     level_reference: float | None = None  # 0.9 quantile of normal maps' levels (levels.py); None: none
     level_cap: float = 1.0  # the largest level / reference among normal maps
-    sparse_smoothing: str = "gaussian"  # how the sparse-part maps are smoothed (scoring.smooth_mix)
+    sparse_smoothing: str = "gaussian"  # how the sparse-part maps are smoothed (pixel_maps.smooth_mix)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> Calibration:
@@ -168,18 +169,18 @@ class Detector(nn.Module):
         sparse = scale.model(rows, noise)
         bank = scale.bank
         if bank is None:
-            return scoring.sparse_to_map(sparse, size, self.channels, p, stride)[:, None]
+            return pixel_maps.sparse_to_map(sparse, size, self.channels, p, stride)[:, None]
         centred = rows[0] - scale.model.mean
         codes = bank.codes_of(centred)  # (N, R)
         match = bank.match(codes)
         divisors = None if match.sparse_divisors is None else match.sparse_divisors[None]
         components = [
-            scoring.sparse_to_map(sparse, size, self.channels, p, stride, divisors),
-            scoring.patch_values_to_map(match.distances[None], size, p, stride),
+            pixel_maps.sparse_to_map(sparse, size, self.channels, p, stride, divisors),
+            pixel_maps.patch_values_to_map(match.distances[None], size, p, stride),
         ]
         if match.residual_levels is not None:
             deviations = (log_residual(centred, scale.model.basis) - match.residual_levels).abs()
-            components.append(scoring.patch_values_to_map(deviations[None], size, p, stride))
+            components.append(pixel_maps.patch_values_to_map(deviations[None], size, p, stride))
         return torch.stack(components, dim=1)
 
     def component_maps(self, images: torch.Tensor, noise: list[torch.Tensor] | None = None) -> torch.Tensor:
@@ -218,7 +219,7 @@ class Detector(nn.Module):
         weights = self.map_weights if weights is None else weights
         smoothing = self.calibration.sparse_smoothing if sparse_smoothing is None else sparse_smoothing
         score = self.config.score
-        return scoring.smooth_mix(
+        return pixel_maps.smooth_mix(
             components, weights, self.kinds, score.smooth_sigma, smoothing, score.code_smooth_sigma
         )
 
@@ -227,7 +228,7 @@ class Detector(nn.Module):
         """How far (px at model resolution) smoothing carries a pixel's value."""
         reach = math.ceil(3 * max(self.config.score.smooth_sigma, self.config.score.code_smooth_sigma))
         if self.calibration.sparse_smoothing == "oriented":
-            reach = max(reach, scoring.line_reach())
+            reach = max(reach, pixel_maps.line_reach())
         return reach
 
     def anomaly_maps(self, images: torch.Tensor, noise: list[torch.Tensor] | None = None) -> torch.Tensor:

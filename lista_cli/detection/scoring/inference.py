@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from . import patches
-from .model import NOISE_FLOOR, NOISE_PER_MAD, NOISE_SAMPLE, UnfoldedISTA
+from ..model import patches
+from ..model.model import NOISE_FLOOR, NOISE_PER_MAD, NOISE_SAMPLE, UnfoldedISTA
 from .resampling import downsample
 
 if TYPE_CHECKING:

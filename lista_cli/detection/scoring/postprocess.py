@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..io.imageio import to_channels, working_shape
+from ...io.imageio import to_channels, working_shape
 
 
 def antialias_matrix(size_in: int, size_out: int) -> np.ndarray:

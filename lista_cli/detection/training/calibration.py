@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import torch
 
+from ..scoring.detector import Detector
+from ..scoring.postprocess import lower_median
 from . import edges, levels
-from .detector import Detector
-from .postprocess import lower_median
 from .validation import ValidationSet
 
 MAX_CALIBRATION_IMAGES = 200  # normal images whose maps set the edge damping and the threshold

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from ..config import CutPasteConfig
+from ...config import CutPasteConfig
 
 
 def uniform(rng: torch.Generator, low: float, high: float) -> float:

@@ -22,8 +22,8 @@ import math
 
 import torch
 
+from ..scoring.pixel_maps import gaussian_smooth
 from .cutpaste import uniform
-from .scoring import gaussian_smooth
 
 
 def _segment_distance(ys: torch.Tensor, xs: torch.Tensor, a: tuple[float, float], b: tuple[float, float]):

@@ -8,7 +8,7 @@ defects differs (S on paper, the code distance on periodic brick, the residual l
 defects remove grain), so t and u are chosen on the validation set unless
 score.sparse_share and score.residual_weight fix them. So is the smoothing of the S maps
 (score.sparse_smoothing): the Gaussian of the other maps, or that plus their contrast
-along thin trails (scoring.oriented_smooth).
+along thin trails (pixel_maps.oriented_smooth).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import NamedTuple
 
 import torch
 
-from . import scoring
-from .detector import Detector, Scale
+from ..scoring import pixel_maps
+from ..scoring.detector import Detector, Scale
 from .validation import ValidationSet
 
 SPARSE_SHARES = (0.5, 0.25, 0.75, 0.1, 0.9, 0.0, 1.0)  # candidate mixes; the first wins ties
@@ -69,7 +69,7 @@ def sample_components(
     detector: Detector, validation: ValidationSet, components: list[torch.Tensor], sparse_smoothing: str = "gaussian"
 ) -> list[Samples]:
     """Each component of the validation images' maps (`components`, one (M, h, w) per image)
-    smoothed and sampled once: smoothing (per map, scoring.smooth_mix), resizing to the
+    smoothed and sampled once: smoothing (per map, pixel_maps.smooth_mix), resizing to the
     reference size and sampling are linear in the weights, so a mix's samples are the
     weighted sums of these (the same values as sampling detector.combine's maps, up to rounding)."""
     levels = component_levels([components[i] for i in validation.clean])
@@ -78,9 +78,9 @@ def sample_components(
     samples = []
     for i, (level, kind) in enumerate(zip(levels, detector.kinds, strict=True)):
         if kind == "sparse" and sparse_smoothing == "oriented":
-            smoothed = scoring.oriented_smooth(stacked[:, i], sigma)
+            smoothed = pixel_maps.oriented_smooth(stacked[:, i], sigma)
         else:
-            smoothed = scoring.gaussian_smooth(stacked[:, i], scoring.kind_sigma(kind, sigma, code_sigma))
+            smoothed = pixel_maps.gaussian_smooth(stacked[:, i], pixel_maps.kind_sigma(kind, sigma, code_sigma))
         samples.append(Samples(level, *validation.sample(smoothed)))
     return samples
 

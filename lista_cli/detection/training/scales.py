@@ -8,12 +8,12 @@ from collections.abc import Callable
 
 import torch
 
-from ..config import Config
-from . import patches
-from .detector import Scale
-from .model import PrincipalAxes, UnfoldedISTA
-from .resampling import downsample
-from .typicality import MAX_BANK_CANDIDATES, MAX_CODE_RANK, build_bank
+from ...config import Config
+from ..model import patches
+from ..model.model import PrincipalAxes, UnfoldedISTA
+from ..model.typicality import MAX_BANK_CANDIDATES, MAX_CODE_RANK, build_bank
+from ..scoring.detector import Scale
+from ..scoring.resampling import downsample
 
 MAX_PCA_ROWS = 200_000
 

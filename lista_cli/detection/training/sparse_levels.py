@@ -29,8 +29,9 @@ import math
 
 import torch
 
-from . import patches, scoring
-from .resampling import downsample
+from ..model import patches
+from ..scoring import pixel_maps
+from ..scoring.resampling import downsample
 
 QUANTILE = 0.97  # of the codes' S levels: codes above it (the rarest 3 %) get a divisor
 POWER = 0.5  # divisor = (level / reference)^POWER
@@ -57,7 +58,7 @@ def sparse_divisors(
     assigned = 0
     for image in small:
         rows = patches.unfold(image, patch, stride)  # (1, N, d)
-        levels = scoring.sparse_norms(model(rows), channels)[0].mean(dim=1).double()  # (N,)
+        levels = pixel_maps.sparse_norms(model(rows), channels)[0].mean(dim=1).double()  # (N,)
         centred = rows[0] - model.mean
         if share < 1.0:
             keep = torch.randperm(len(levels), generator=rng)[: max(1, round(share * len(levels)))]

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config
-from . import patches
+from ...config import Config
+from ..model import patches
+from ..scoring.checkpoint import save_checkpoint
+from ..scoring.detector import Calibration, Detector, Scale
+from ..scoring.resampling import downsample
 from .calibration import calibrate_detector
-from .checkpoint import save_checkpoint
 from .cutpaste import cutpaste
 from .defects import FAMILIES, drawn_defect
-from .detector import Calibration, Detector, Scale
 from .mixing import StepValidation, choose_weights, component_maps
-from .resampling import downsample
 from .scales import init_scale, usable_factors
 from .sparse_levels import sparse_divisors
 from .training_data import TrainError, load_training_images, training_folder

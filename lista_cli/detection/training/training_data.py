@@ -12,11 +12,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..config import Config
-from ..errors import ListaError
-from ..io.imageio import ImageError, read_image, working_shape
-from ..io.inputs import collect_inputs
-from .resampling import to_tensor
+from ...config import Config
+from ...errors import ListaError
+from ...io.imageio import ImageError, read_image, working_shape
+from ...io.inputs import collect_inputs
+from ..scoring.resampling import to_tensor
 from .working_size import WorkingSize, working_size
 
 MIN_IMAGES = 2  # training needs at least this many usable normal images

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import Config
+from ...config import Config
 from .cutpaste import cutpaste
 from .defects import FAMILIES, drawn_defect
 

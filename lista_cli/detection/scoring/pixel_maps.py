@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import patches
+from ..model import patches
 
 
 @functools.cache
