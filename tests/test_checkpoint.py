@@ -78,6 +78,11 @@ def test_damaged_and_foreign_checkpoints_are_refused_with_one_line(tiny_trained,
         with pytest.raises(CheckpointError, match="damaged lista checkpoint"):
             load_checkpoint(path)
         assert "damaged lista checkpoint" in refused(path, tmp_path), name
+    stale = copy.deepcopy(payload)
+    stale["config"]["score"]["context"] = False  # a key this lista no longer has
+    torch.save(stale, tmp_path / "stale.pt")
+    line = refused(tmp_path / "stale.pt", tmp_path)
+    assert "unknown config key 'score.context'" in line and "retrain the model" in line
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
     assert "not a lista checkpoint (empty file)" in refused(empty, tmp_path)

@@ -106,6 +106,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Det
         )
     try:
         config = from_dict(payload["config"])
+    except ConfigError as exc:  # a key a later lista removed or renamed (or a damaged file)
+        raise CheckpointError(
+            f"{path}: its config does not fit this lista {__version__} ({str(exc).splitlines()[0][:100]});"
+            f" written by lista {payload.get('lista_version')}: retrain the model with lista train"
+        ) from None
+    try:
         detector = Detector.from_state(config, payload["state"])
         _check(detector)
     except (KeyError, TypeError, RuntimeError, ValueError, ConfigError) as exc:

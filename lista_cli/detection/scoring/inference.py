@@ -43,6 +43,11 @@ def noise_scale(model: UnfoldedISTA, image: torch.Tensor, patch: int, stride: in
     columns = (width - patch) // stride + 1
     count = ((height - patch) // stride + 1) * columns * model.dim  # entries of the (N, d) rows
     step = (count + NOISE_SAMPLE - 1) // NOISE_SAMPLE
+    if step <= model.dim and not torch.compiler.is_exporting():
+        # every patch row holds a sampled entry: project them all once (the traced graph
+        # gathers the sampled rows; the same entries either way)
+        residual = model.project_out(patches.unfold(image, patch, stride)[0] - model.mean).reshape(-1)[::step]
+        return (NOISE_PER_MAD * lower_median(residual.abs())).clamp(min=NOISE_FLOOR).view(1, 1, 1)
     index = torch.arange(0, count, step, device=image.device)  # the sampled entries
     row = index // model.dim
     entry = index - row * model.dim
@@ -50,7 +55,8 @@ def noise_scale(model: UnfoldedISTA, image: torch.Tensor, patch: int, stride: in
     start = grid_row * (stride * width) + (row - grid_row * columns) * stride  # each row's patch corner
     offset = torch.arange(model.dim, device=image.device)  # channel-major, then (i, j), as patches.unfold
     offset = (offset // patch**2) * (height * width) + (offset % patch**2 // patch) * width + offset % patch
-    rows = padded.reshape(-1)[start[:, None] + offset[None, :]]  # (n, d)
+    flat = (start[:, None] + offset[None, :]).reshape(-1)  # index_select: a Gather in ONNX (GatherND is 50x slower)
+    rows = padded.reshape(-1).index_select(0, flat).view(-1, model.dim)  # (n, d)
     residual = model.project_out(rows - model.mean).gather(1, entry[:, None])[:, 0].abs()
     return (NOISE_PER_MAD * lower_median(residual)).clamp(min=NOISE_FLOOR).view(1, 1, 1)
 
