@@ -94,7 +94,7 @@ def test_each_patch_s_is_divided_by_its_blended_divisor_before_folding():
     image = 0.4 + 0.1 * torch.rand(1, channels, 31, 26, generator=gen)
     image[..., 10:14, 3:20] = 0.9
     with torch.no_grad():
-        got = detector.scale_components(scale, image)[0][0, 0].double().numpy()
+        got = detector.scale_components(scale, image)[0, 0].double().numpy()
         rows = patches.unfold(image, patch, stride)
         sparse = scale.model(rows)[0].double().numpy()
         divisors = scale.bank.match(scale.bank.codes_of(rows[0] - scale.model.mean)).sparse_divisors.double().numpy()
