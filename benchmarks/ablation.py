@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import SHARED, datasets, family_of  # noqa: E402
+from accuracy import COLUMNS, SHARED, datasets, family_of  # noqa: E402
 
 MIN_SPREAD = 0.005  # a family mean moves at least this much between seeds
 METRICS = ("pixel_auroc", "image_auroc")
@@ -173,16 +173,7 @@ def print_table(args: argparse.Namespace) -> None:
     print(f"\n{len(rows)} runs; seeds {' '.join(map(str, seeds))}; sets {' '.join(sets)}")
 
 
-SET_COLUMNS = [
-    ("pixel_auroc", "pixel AUROC", "{:.3f}"),
-    ("image_auroc", "image AUROC", "{:.3f}"),
-    ("aupro", "AUPRO", "{:.3f}"),
-    ("image_f1_calibrated", "image F1 at threshold", "{:.3f}"),
-    ("image_f1_max", "image F1-max", "{:.3f}"),
-    ("good_flagged", "good flagged", "{:.0%}"),
-    ("train_seconds", "train s", "{:.1f}"),
-    ("detect_images_per_second", "detect img/s", "{:.1f}"),
-]
+SET_COLUMNS = [column for column in COLUMNS if column[0] not in ("region_recall", "regions_per_good_image")]
 
 
 def print_sets(args: argparse.Namespace) -> None:

@@ -76,3 +76,18 @@ def tiny_trained(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("tiny_trained")
     data = make_mvtec(root / "data", np.random.default_rng(RNG_SEED + 1))
     return train_tiny(data, root / "model.pt"), data
+
+
+def csv_rows(path: Path) -> list[dict]:
+    """The rows of a CSV file the tool wrote, as dicts."""
+    import csv
+
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def exited_cleanly(result, code: int) -> str:
+    """Assert the exit code, and no traceback or internal error on the way; -> stderr."""
+    assert result.exit_code == code, result.output
+    assert "internal error" not in result.output and "Traceback" not in result.output
+    return result.stderr

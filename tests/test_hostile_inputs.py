@@ -1,7 +1,6 @@
 """Hostile images and option values: each gets one line naming the file or option and the
 right exit code, never a silent NaN, never an internal error; the rest of a batch goes on."""
 
-import csv
 import io
 
 import numpy as np
@@ -14,21 +13,9 @@ from typer.testing import CliRunner
 from lista_cli.cli import app
 from lista_cli.io.imageio import ImageError, ImageWarning, read_image
 
-from .conftest import texture
+from .conftest import csv_rows, exited_cleanly, texture
 
 runner = CliRunner()
-
-
-def _rows(path):
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def _clean(result, code):
-    """The exit code, and no traceback or internal error on the way."""
-    assert result.exit_code == code, result.output
-    assert "internal error" not in result.output and "Traceback" not in result.output
-    return result.stderr
 
 
 def _nan_tiff(path, height=40, width=44, bad=3):
@@ -133,7 +120,7 @@ def test_detect_on_damaged_image_bytes_scores_or_fails_cleanly(tiny_trained, tmp
     if result.exit_code == 3:
         assert f"failed: {path}: " in result.stderr
     else:
-        (row,) = [r for r in _rows(out / "scores.csv") if r["image"] == str(path)]
+        (row,) = [r for r in csv_rows(out / "scores.csv") if r["image"] == str(path)]
         assert np.isfinite(float(row["score"]))
 
 
@@ -163,15 +150,15 @@ def test_detect_refuses_each_hostile_image_by_name_and_scores_the_rest(tiny_trai
     result = runner.invoke(
         app, ["detect", str(model), str(hostile_folder), "--out", str(out), "-q", "--ext", "png,tif,jpg"]
     )
-    stderr = _clean(result, 3)
-    failures = {row["image"]: row["error"] for row in _rows(out / "failures.csv")}
+    stderr = exited_cleanly(result, 3)
+    failures = {row["image"]: row["error"] for row in csv_rows(out / "failures.csv")}
     assert set(failures) == {str(hostile_folder / n) for n in ("nan.tif", "dot.png", "sliver.png")}
     assert "NaN or infinite" in failures[str(hostile_folder / "nan.tif")]
     assert "1x1 px, smaller than one" in failures[str(hostile_folder / "dot.png")]
     assert "90x3 px, smaller than one" in failures[str(hostile_folder / "sliver.png")]
     for name in ("nan.tif", "dot.png", "sliver.png"):
         assert sum(name in line for line in stderr.splitlines()) == 1  # one line each
-    scores = {row["image"]: row for row in _rows(out / "scores.csv")}
+    scores = {row["image"]: row for row in csv_rows(out / "scores.csv")}
     assert set(scores) == {str(hostile_folder / n) for n in ("a_good.png", "z_good.png", "turned.jpg")}
     assert all(np.isfinite(float(row["score"])) for row in scores.values())
     turned_map = np.load(out / "turned_map.npy")
@@ -183,9 +170,9 @@ def test_detect_refuses_each_hostile_image_by_name_and_scores_the_rest(tiny_trai
 def test_detect_warns_about_a_multi_frame_file_and_scores_its_first_frame(tiny_trained, hostile_folder, tmp_path):
     out = tmp_path / "out"
     result = runner.invoke(app, ["detect", str(tiny_trained[0]), str(hostile_folder / "anim.gif"), "--out", str(out)])
-    stderr = _clean(result, 0)
+    stderr = exited_cleanly(result, 0)
     assert f"warning: {hostile_folder / 'anim.gif'}: has 3 frames; only the first is used" in stderr
-    assert len(_rows(out / "scores.csv")) == 1
+    assert len(csv_rows(out / "scores.csv")) == 1
 
 
 def test_train_skips_a_normal_image_with_nan_pixels_naming_it(tmp_path, rng):
@@ -198,7 +185,7 @@ def test_train_skips_a_normal_image_with_nan_pixels_naming_it(tmp_path, rng):
     _nan_tiff(data / "broken.tif", 37, 45)
     out = tmp_path / "m.pt"
     result = runner.invoke(app, ["train", str(data), "--out", str(out), *FAST_TRAIN[:-1], "--json"])
-    stderr = _clean(result, 0)
+    stderr = exited_cleanly(result, 0)
     assert f"{data / 'broken.tif'}: 3 of 1665 pixels are NaN or infinite" in stderr
     summary = __import__("json").loads(result.stdout)
     assert np.isfinite(summary["threshold"]) and np.isfinite(summary["pixel_threshold"])
@@ -218,7 +205,7 @@ def test_train_skips_a_normal_image_with_nan_pixels_naming_it(tmp_path, rng):
     ],
 )
 def test_config_numbers_that_make_no_sense_are_one_line(override, named):
-    stderr = _clean(runner.invoke(app, ["config", "--set", override]), 1)
+    stderr = exited_cleanly(runner.invoke(app, ["config", "--set", override]), 1)
     assert named in stderr and len(stderr.strip().splitlines()) == 1
 
 
@@ -226,7 +213,7 @@ def test_train_refuses_a_nan_learning_rate_before_reading_a_folder(tmp_path):
     result = runner.invoke(
         app, ["train", str(tmp_path / "none"), "--out", str(tmp_path / "m.pt"), "--set", "train.lr=nan"]
     )
-    assert "train.lr must be a finite number" in _clean(result, 1)
+    assert "train.lr must be a finite number" in exited_cleanly(result, 1)
 
 
 @pytest.mark.parametrize(
@@ -245,7 +232,7 @@ def test_deblur_options_that_would_be_ignored_or_clamped_are_errors(tmp_path, rn
     Image.fromarray(texture(rng, 16, 18)).save(tmp_path / "a.png")
     out = tmp_path / "out"
     result = runner.invoke(app, ["deblur", str(tmp_path / "a.png"), "--psf", "gaussian:1", "--out", str(out), *options])
-    assert named in _clean(result, 1)
+    assert named in exited_cleanly(result, 1)
     assert not (out / "a.png").exists()
 
 
@@ -256,7 +243,7 @@ def test_blur_refuses_a_noise_level_that_is_no_number(tmp_path, rng, value, code
     result = runner.invoke(
         app, ["blur", str(tmp_path / "a.png"), "--psf", "gaussian:1", "--out", str(out), "--noise-sigma", value]
     )
-    assert "--noise-sigma" in _clean(result, code)
+    assert "--noise-sigma" in exited_cleanly(result, code)
     assert not (out / "a.png").exists()
 
 
@@ -266,9 +253,9 @@ def test_deblur_never_writes_over_its_inputs(tmp_path, rng):
     Image.fromarray(texture(rng, 16, 18)).save(images / "a.png")
     before = (images / "a.png").read_bytes()
     folder = runner.invoke(app, ["deblur", str(images), "--psf", "gaussian:1", "--out", str(images)])
-    assert "is, or holds, the input folder" in _clean(folder, 1)
+    assert "is, or holds, the input folder" in exited_cleanly(folder, 1)
     named = runner.invoke(app, ["deblur", str(images / "a.png"), "--psf", "gaussian:1", "--out", str(images)])
-    assert "would replace the image itself" in _clean(named, 3)
+    assert "would replace the image itself" in exited_cleanly(named, 3)
     assert (images / "a.png").read_bytes() == before
 
 
@@ -278,7 +265,7 @@ def test_detect_threshold_must_be_a_finite_score(tiny_trained, tmp_path, value, 
     result = runner.invoke(
         app, ["detect", str(model), str(data / "test" / "good"), "--out", str(tmp_path / "o"), "--threshold", value]
     )
-    assert "--threshold" in _clean(result, code)
+    assert "--threshold" in exited_cleanly(result, code)
     assert not (tmp_path / "o" / "scores.csv").exists()
 
 
@@ -287,4 +274,4 @@ def test_threshold_max_fpr_must_be_a_share(tiny_trained, tmp_path):
     result = runner.invoke(
         app, ["threshold", str(model), str(data), "--max-fpr", "nan", "--out", str(tmp_path / "new.pt")]
     )
-    assert "--max-fpr nan" in _clean(result, 1)
+    assert "--max-fpr nan" in exited_cleanly(result, 1)
