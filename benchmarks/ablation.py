@@ -51,8 +51,6 @@ VARIANTS: dict[str, list[str]] = {
     "fixed_mix": ["score.sparse_share=0.5", "score.residual_weight=0.5"],
     "patch8": ["patch.size=8", "patch.stride=4"],
     "topk": ["score.image_score=topk"],
-    "whiten": ["score.code_whiten=true"],
-    "whiten99": ["score.code_whiten=true", "score.code_energy=0.99"],
     "energy9": ["model.energy=0.9"],
 }
 

@@ -103,7 +103,6 @@ class ScoreConfig:
     min_region: int = _opt(0, low=0)
     bank_size: int = _opt(2048, low=0)
     code_energy: float = _opt(0.97, low=0.0, high=1.0, open_low=True, open_high=True)
-    code_whiten: bool = _opt(False)
     sparse_share: float | None = _opt(None, low=0.0, high=1.0)
     residual_weight: float | None = _opt(None, low=0.0)
     sparse_smoothing: str = _opt("auto", choices=("auto", "gaussian", "oriented"))

@@ -35,9 +35,6 @@ def init_scale(images: list[torch.Tensor], config: Config, factor: int, candidat
     scale = Scale(factor, model)
     if cfg.score.bank_size:  # the codes do not depend on the layers: built once
         code_basis = axes.basis(cfg.score.code_energy, MAX_CODE_RANK)
-        if cfg.score.code_whiten:  # c_k / sqrt(lambda_k): Mahalanobis distances among the codes
-            variances = axes.eigenvalues[: code_basis.shape[1]].float()
-            code_basis = code_basis / variances.clamp(min=1e-12 * float(variances[0]) + 1e-30).sqrt()
         scale.bank = build_bank(
             model.mean, code_basis, small, cfg.score.bank_size, p, cfg.train.seed, candidates, subspace=model.basis
         )
