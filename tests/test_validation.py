@@ -6,9 +6,10 @@ import torch
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
 from lista_cli.config import Config
-from lista_cli.detection.training.calibration import calibrate, pixel_threshold
+from lista_cli.detection.training import calibration
+from lista_cli.detection.training.calibration import best_f1_level, calibrate, pixel_sample
 from lista_cli.detection.training.defects import FAMILIES, drawn_defect
-from lista_cli.detection.training.validation import make_validation_set, sampled
+from lista_cli.detection.training.validation import make_validation_set, mask_examples, sampled
 from lista_cli.detection.training.working_size import working_size
 
 
@@ -61,17 +62,54 @@ def test_score_is_the_mean_over_families_of_sklearn_auroc():
     assert score == pytest.approx(np.mean(list(per_family.values())))
 
 
-def test_pixel_threshold_maximises_pixel_f1():
+def test_the_mask_level_maximises_pixel_f1():
     gen = torch.Generator().manual_seed(9)
-    validation = _random_set(gen)
-    maps = torch.rand(6, 19, 23, generator=gen) + 0.6 * validation.masks.float()
-    chosen = pixel_threshold(maps, validation)
-    # every pixel is in the sample here (the set is small), so the F1 is sklearn's on all of them
-    precision, recall, thresholds = precision_recall_curve(
-        validation.masks.reshape(-1).numpy(), maps.reshape(-1).double().numpy()
-    )
+    masks = torch.rand(6, 19, 23, generator=gen) < 0.1
+    maps = (torch.rand(6, 19, 23, generator=gen) + 0.6 * masks.float()).numpy()
+    maps[0, :2] = maps[1, 0, 0]  # ties: a level keeps every pixel equal to it
+    samples = [pixel_sample(m, k.numpy(), seed=n) for n, (m, k) in enumerate(zip(maps, masks, strict=True))]
+    values, weights, is_defect = (np.concatenate(c) for c in zip(*samples, strict=True))
+    assert len(values) == maps.size and (weights == 1).all()  # every pixel of a small map is in the sample
+    chosen = best_f1_level(values, weights, is_defect)
+    precision, recall, thresholds = precision_recall_curve(masks.reshape(-1).numpy(), maps.reshape(-1))
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     assert chosen == pytest.approx(thresholds[np.argmax(f1[:-1])], abs=1e-6)
+
+
+def test_a_large_map_is_sampled_with_weights_for_the_pixels_each_stands_for(monkeypatch):
+    monkeypatch.setattr(calibration, "MASK_SAMPLE", 500)
+    gen = np.random.default_rng(3)
+    anomaly_map = gen.random((90, 110)).astype(np.float32)
+    mask = np.zeros((90, 110), dtype=bool)
+    mask[10:40, 20:50] = True  # 900 defect px, 9000 normal
+    values, weights, is_defect = pixel_sample(anomaly_map, mask, seed=4)
+    assert is_defect.sum() == 500 and (~is_defect).sum() == 500
+    assert weights[is_defect].sum() == pytest.approx(900) and weights[~is_defect].sum() == pytest.approx(9000)
+    assert set(values[is_defect]) <= set(anomaly_map[mask].astype(np.float64))
+    again = pixel_sample(anomaly_map, mask, seed=4)
+    assert all(np.array_equal(a, b) for a, b in zip((values, weights, is_defect), again, strict=True))
+
+
+def test_mask_examples_are_input_size_crops_with_seeded_defects(tmp_path):
+    from PIL import Image
+
+    gen = np.random.default_rng(5)
+    paths = []
+    for number in range(2):
+        paths.append(tmp_path / f"{number}.png")
+        Image.fromarray((gen.random((400, 1500)) * 255).astype(np.uint8)).save(paths[-1])
+
+    def half(height, width):  # a model at half the input's resolution
+        return height // 2, width // 2
+
+    examples = list(mask_examples(paths, 1, half, Config(), seed=0))
+    assert len(examples) == 8 and not examples[0][1].any() and all(m.any() for _, m in examples[1:4])
+    for array, mask in examples:
+        assert array.shape[2] == 1 and mask.shape == array.shape[:2]
+        assert array.shape[0] == 400 and 320 * 320 * 4 - 400 < array.size <= 320 * 320 * 4  # cut to 320^2 model px
+        assert np.array_equal(np.round(array * 255) / 255, array.astype(np.float64))  # 8-bit values
+    again = list(mask_examples(paths, 1, half, Config(), seed=0))
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(examples, again, strict=True))
 
 
 def test_calibrate_takes_a_quantile_times_the_margin():
@@ -119,12 +157,12 @@ def test_training_defects_mix_cutpaste_and_drawn_families_when_asked():
     assert len({round(c, 3) for c in changed}) > 3
 
 
-def test_calibration_round_trips_and_reads_older_dicts():
+def test_calibration_round_trips_and_fills_missing_keys():
     from lista_cli.detection.scoring.detector import Calibration
 
     calibration = Calibration([1.0, 2.0], 3.5, 1.5, [1.2, 1.1], [1.3], [0.5, 0.7])
     assert Calibration.from_dict(calibration.to_dict()) == calibration
-    # format 1-2 checkpoints: one threshold, extra keys of their own, no map weights
+    # unknown keys are dropped, missing ones take the untrained defaults
     old = Calibration.from_dict({"threshold": 2.0, "quantile": 0.99, "margin": 1.1})
     assert old.threshold == 2.0 and old.pixel_threshold is None and old.map_weights is None
     assert Calibration.from_dict(None).threshold == float("inf")

@@ -176,10 +176,11 @@ def export_command(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Write the whole detector as one ONNX file: from a decoded image (float32 height x width x
-    1 or 3 channels in [0, 1]) to its anomaly map, image score and thresholds. It scores like
-    the checkpoint (`lista detect OUT` runs it through ONNX Runtime). Needs lista-cli[onnx];
-    models it cannot express exactly are refused."""
+    """Write the detector's forward pass as one ONNX file: from the image at the working size
+    (float32 1 x C x h x w in [0, 1]) and a tile of it to the tile's anomaly map; the resizes,
+    tiles, dampings and image score are lista's numpy code, their parameters and the
+    thresholds in the file's metadata. It scores like the checkpoint (`lista detect OUT` runs
+    it through ONNX Runtime). Needs lista-cli[onnx]; models it cannot express exactly are refused."""
     with errors(debug):
         from ..errors import ListaError
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -20,49 +19,8 @@ from .inference import DetectorForward
 from .postprocess import Finish, image_score, prepare
 from .regions import Result, decide
 from .resampling import downsample, upsample
+from .state import Calibration, Scale
 from .tiling import TileRule
-
-
-@dataclass
-class Calibration:
-    """What training measured to turn maps into decisions (all in the checkpoint)."""
-
-    map_weights: list[float] | None = None  # one per component map; None: 1 each (format 1)
-    threshold: float = math.inf  # image threshold on the map's maximum
-    pixel_threshold: float | None = None  # mask threshold; None: the image threshold (formats 1-2)
-    edge_rows: list[float] = field(default_factory=list)  # damping by distance to the top/bottom edge
-    edge_columns: list[float] = field(default_factory=list)  # ... and to the left/right edge
-    image_scores: list[float] = field(default_factory=list)  # the normal scores the threshold came from
-    level_reference: float | None = None  # 0.9 quantile of normal maps' levels (levels.py); None: none
-    level_cap: float = 1.0  # the largest level / reference among normal maps
-    sparse_smoothing: str = "gaussian"  # how the sparse-part maps are smoothed (pixel_maps.smooth_mix)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> Calibration:
-        """From a checkpoint's dict; keys of older or newer formats that it lacks are ignored."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in (values or {}).items() if k in names})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class Scale(nn.Module):
-    """One image scale: the model and code bank that score images downsampled by `factor`
-    (bank None: the sparse part only)."""
-
-    def __init__(self, factor: int, model: UnfoldedISTA | None, bank: CodeBank | None = None) -> None:
-        super().__init__()
-        self.factor = factor
-        self.model = model
-        self.bank = bank
-
-    @property
-    def kinds(self) -> tuple[str, ...]:
-        """The kinds of this scale's component maps, in order."""
-        if self.bank is None:
-            return ("sparse",)
-        return ("sparse", "code", "residual") if self.bank.has_residual else ("sparse", "code")
 
 
 class Detector(nn.Module):
@@ -146,9 +104,13 @@ class Detector(nn.Module):
         size = self.config.data.image_size
         return size if isinstance(size, int) else None
 
+    def working_shape(self, height: int, width: int) -> tuple[int, int]:
+        """The (h, w) the model sees of an (height, width) input image."""
+        return working_shape(height, width, self._size, self.working_scale)
+
     def check_size(self, array: np.ndarray, path: object) -> None:
         """Raise ImageError if the image, at model resolution, is smaller than one patch."""
-        height, width = working_shape(array.shape[0], array.shape[1], self._size, self.working_scale)
+        height, width = self.working_shape(array.shape[0], array.shape[1])
         if min(height, width) < self.config.patch.size:
             raise ImageError(
                 f"{path}: image is {array.shape[1]}x{array.shape[0]} px, smaller than one"
@@ -277,7 +239,7 @@ class Detector(nn.Module):
     @property
     def pixel_threshold(self) -> float:
         """Mask threshold: in an anomalous image, the pixels whose map value reaches it
-        (at most the image threshold; models before it had one threshold for both)."""
+        (at most the image threshold; before calibration, the image threshold)."""
         level = self.calibration.pixel_threshold
         return self.threshold if level is None else min(float(level), self.threshold)
 

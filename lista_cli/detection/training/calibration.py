@@ -9,22 +9,30 @@ normal images; the top tail belongs to a few odd ones, e.g. unlabelled hairs on 
 and a margin of 1.5 (new normal images of a line often score higher as a whole than the
 training ones: on 4 of the 10 dev sets the good test images' median is 1.16-1.28x theirs).
 
-Masks get their own, lower threshold: the pixel level that gives the best pixel F1 on the
-validation defects. Within an anomalous image, the defect's flanks score below the image
-threshold (which sits above the highest normal *image maximum*), so one threshold for
-both cuts masks short.
+Masks get their own, lower threshold: the pixel level that gives the best pixel F1 on
+synthetic defects drawn into held-out image files (validation.mask_examples). Within an
+anomalous image, the defect's flanks score below the image threshold (which sits above the
+highest normal *image maximum*), so one threshold for both cuts masks short.
+
+Both are fitted on what `lista detect` decides on: Detector.score_image of the image at its
+input size (the working-size map damped, resized back, scored), the function detect calls.
+The mask level takes a seeded sample of at most MASK_SAMPLE normal and MASK_SAMPLE defect
+pixels of each map, each weighted by the pixels it stands for.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+import numpy as np
 import torch
 
 from ..scoring.detector import Detector
 from ..scoring.postprocess import lower_median
 from . import edges, levels
-from .validation import ValidationSet
 
 MAX_CALIBRATION_IMAGES = 200  # normal images whose maps set the edge damping and the threshold
+MASK_SAMPLE = 4096  # normal and defect pixels of each map the mask level is fitted on
 
 
 def calibrate(scores: torch.Tensor, quantile: float, margin: float) -> float:
@@ -32,22 +40,43 @@ def calibrate(scores: torch.Tensor, quantile: float, margin: float) -> float:
     return max(float(torch.quantile(scores.double(), quantile)) * margin, 1e-12)
 
 
-def pixel_threshold(maps: torch.Tensor, validation: ValidationSet) -> float:
-    """The map level with the best pixel F1 on the validation set ((n, h, w) maps of its
-    images), each sampled pixel weighted by the number of pixels it stands for."""
-    negatives, positives = validation.sample(maps)
-    normal_weight, family_weights = validation.sample_weights()
-    values = torch.cat([negatives, *positives.values()]).double()
-    weights = torch.cat(
-        [torch.full((len(negatives),), normal_weight, dtype=torch.float64)]
-        + [torch.full((len(v),), family_weights[name], dtype=torch.float64) for name, v in positives.items()]
-    )
-    is_defect = torch.cat([torch.zeros(len(negatives))] + [torch.ones(len(v)) for v in positives.values()]).bool()
-    order = values.argsort(descending=True)
-    true_pos = torch.cumsum(weights[order] * is_defect[order], 0)
-    false_pos = torch.cumsum(weights[order] * ~is_defect[order], 0)
+def best_f1_level(values: np.ndarray, weights: np.ndarray, is_defect: np.ndarray) -> float:
+    """The level v whose mask (values >= v) has the best weighted pixel F1 (the highest such
+    level on a tie); `weights`: how many pixels each value stands for."""
+    order = np.argsort(-values, kind="stable")
+    values, weights, is_defect = values[order], weights[order], is_defect[order]
+    true_pos = np.cumsum(weights * is_defect)
+    false_pos = np.cumsum(weights * ~is_defect)
     f1 = 2 * true_pos / (true_pos + false_pos + true_pos[-1])
-    return float(values[order][int(f1.argmax())])
+    last = np.append(values[1:] != values[:-1], True)  # a level keeps every value equal to it
+    f1 = np.where(last, f1, -1.0)
+    return float(values[int(f1.argmax())])
+
+
+def pixel_sample(anomaly_map: np.ndarray, mask: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(values, weights, is_defect) of a seeded sample of at most MASK_SAMPLE normal and
+    MASK_SAMPLE defect pixels of one map (all of them when there are fewer)."""
+    rng = np.random.default_rng(seed)
+    flat, defect = anomaly_map.reshape(-1), mask.reshape(-1)
+    parts = []
+    for chosen in (~defect, defect):
+        index = np.flatnonzero(chosen)
+        if len(index) > MASK_SAMPLE:
+            index = np.sort(rng.choice(index, MASK_SAMPLE, replace=False))
+        weight = np.full(len(index), chosen.sum() / max(len(index), 1), dtype=np.float64)
+        parts.append((flat[index].astype(np.float64), weight, defect[index]))
+    return tuple(np.concatenate(columns) for columns in zip(*parts, strict=True))
+
+
+def mask_level(detector: Detector, examples: Iterable[tuple[np.ndarray, np.ndarray]], seed: int) -> float:
+    """The mask level with the best pixel F1 on (image at its input size, defect mask)
+    examples, each image's map the one detect computes (Detector.score_image)."""
+    samples = []
+    for number, (array, mask) in enumerate(examples):
+        anomaly_map, _ = detector.score_image(detector.prepare(array), array.shape[:2])
+        samples.append(pixel_sample(anomaly_map, mask, seed + number))
+    values, weights, is_defect = (np.concatenate(columns) for columns in zip(*samples, strict=True))
+    return best_f1_level(values, weights, is_defect)
 
 
 def normal_examples(
@@ -73,15 +102,14 @@ def calibrate_detector(
     detector: Detector,
     fitting: list[torch.Tensor],
     held_out: list[torch.Tensor],
-    validation_maps: torch.Tensor,
-    validation: ValidationSet,
+    mask_examples: Iterable[tuple[np.ndarray, np.ndarray]],
     sizes: tuple[list[tuple[int, int]], list[tuple[int, int]]] | None = None,
 ) -> None:
     """Edge damping, level damping, image threshold and mask threshold, into
     detector.calibration. `sizes`: the input (height, width) of the fitting and held-out
-    images (default: their working size). The image threshold is fitted on exactly the
-    statistic detect computes for each normal image at its input size
-    (Detector.score_image: the working-size map damped, resized back, scored)."""
+    images (default: their working size); `mask_examples`: (input-size image, defect mask)
+    pairs (validation.mask_examples). Both thresholds are fitted on exactly what detect
+    computes for each image at its input size (Detector.score_image)."""
     cfg = detector.config
     examples = normal_examples(detector, fitting, held_out, cfg.train.seed)
     fitting_sizes, held_sizes = sizes or (
@@ -104,5 +132,5 @@ def calibrate_detector(
     scores = torch.tensor([finish(m, size)[1] for m, size in zip(work, input_sizes, strict=True)], dtype=torch.float64)
     calibration.image_scores = scores.tolist()
     calibration.threshold = calibrate(scores, cfg.score.threshold_quantile, cfg.score.threshold_margin)
-    damped = torch.stack([torch.from_numpy(finish.damp(m.detach().cpu().numpy())) for m in validation_maps])
-    calibration.pixel_threshold = min(pixel_threshold(damped, validation), calibration.threshold)
+    level = mask_level(detector, mask_examples, cfg.train.seed)
+    calibration.pixel_threshold = min(level, calibration.threshold)

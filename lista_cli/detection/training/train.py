@@ -23,7 +23,7 @@ from .mixing import StepValidation, choose_weights, component_maps
 from .scales import init_scale, usable_factors
 from .sparse_levels import sparse_divisors
 from .training_data import TrainError, load_training_images, training_folder
-from .validation import ValidationSet, make_validation_set
+from .validation import ValidationSet, make_validation_set, mask_examples
 
 TRAINING_FAMILIES = list(FAMILIES)
 
@@ -182,14 +182,19 @@ def train_layers(
     return ScaleSummary(factor, model.basis.shape[1], best_step, val_start, best_score)
 
 
-def _mix_and_calibrate(detector: Detector, fitting, held_out, validation: ValidationSet, shape, sizes=None) -> tuple:
-    """Choose the map mix on the validation set, then calibrate edges and thresholds;
+def _mix_and_calibrate(
+    detector: Detector, fitting, held_out, validation: ValidationSet, shape, held_paths, sizes=None
+) -> tuple:
+    """Choose the map mix on the validation set, then calibrate edges and thresholds (the
+    mask level on defects drawn into the held-out files `held_paths`);
     -> (the mix, the validation images' maps)."""
     components = component_maps(detector, validation.resized(shape))
     mix = choose_weights(detector, validation, components)
     detector.calibration = Calibration(map_weights=mix.weights, sparse_smoothing=mix.sparse_smoothing)
     validation_maps = detector.combine(torch.stack(components))
-    calibrate_detector(detector, fitting, held_out, validation_maps, validation, sizes)
+    cfg = detector.config
+    defects = mask_examples(held_paths, detector.channels, detector.working_shape, cfg, cfg.train.seed)
+    calibrate_detector(detector, fitting, held_out, defects, sizes)
     return mix, validation_maps
 
 
@@ -248,8 +253,9 @@ def train(
     detector = Detector(scales, cfg, channels, working_scale=size.factor)
 
     held_sizes, fitting_sizes = _split(loaded.input_sizes, cfg)  # calibration scores at the input size, as detect
+    held_paths, _ = _split(loaded.paths, cfg)
     mix, validation_maps = _mix_and_calibrate(
-        detector, fitting, held_out, validation, shape, (fitting_sizes, held_sizes)
+        detector, fitting, held_out, validation, shape, held_paths, (fitting_sizes, held_sizes)
     )
     summary = TrainSummary(
         images=len(loaded.tensors),
