@@ -35,30 +35,36 @@ def lower_median(values: torch.Tensor) -> torch.Tensor:
 def noise_scale(model: UnfoldedISTA, image: torch.Tensor, patch: int, stride: int) -> torch.Tensor:
     """(1, C, h, w) image -> (1, 1, 1) its robust noise scale as model.noise_scale measures
     it on all of the image's patch rows (the same evenly spaced sample of |Q x| entries),
-    computed from the sampled patches alone; ones without relative thresholds."""
+    computed from the sampled rows alone; ones without relative thresholds.
+
+    Sample k is entry k * step of the flattened (N, d) rows. When step <= d every row holds
+    a sample, otherwise each sample has a row of its own; with spread = max(step, d) both
+    read alike: the j-th distinct row is (j * spread) // d, and sample k lies in the
+    (k * step) // spread-th of them. Each distinct row is gathered and projected once, so
+    the work is min(N, 2^15) rows whatever the image size, in PyTorch and in the graph."""
     if not model.relative_threshold:
         return image.new_ones(1, 1, 1)
     padded = patches._pad(image, patch, stride)
     _, channels, height, width = padded.shape
+    dim = model.dim
     columns = (width - patch) // stride + 1
-    count = ((height - patch) // stride + 1) * columns * model.dim  # entries of the (N, d) rows
+    total_rows = ((height - patch) // stride + 1) * columns
+    count = total_rows * dim  # entries of the (N, d) rows
     step = (count + NOISE_SAMPLE - 1) // NOISE_SAMPLE
-    if step <= model.dim and not torch.compiler.is_exporting():
-        # every patch row holds a sampled entry: project them all once (the traced graph
-        # gathers the sampled rows; the same entries either way)
-        residual = model.project_out(patches.unfold(image, patch, stride)[0] - model.mean).reshape(-1)[::step]
-        return (NOISE_PER_MAD * lower_median(residual.abs())).clamp(min=NOISE_FLOOR).view(1, 1, 1)
-    index = torch.arange(0, count, step, device=image.device)  # the sampled entries
-    row = index // model.dim
-    entry = index - row * model.dim
+    samples = (count + step - 1) // step
+    spread = torch.sym_max(step, dim)
+    row = torch.arange(torch.sym_min(total_rows, samples), device=image.device) * spread // dim
     grid_row = row // columns  # (a remainder by a traced size has no ONNX translation: subtract)
     start = grid_row * (stride * width) + (row - grid_row * columns) * stride  # each row's patch corner
-    offset = torch.arange(model.dim, device=image.device)  # channel-major, then (i, j), as patches.unfold
+    offset = torch.arange(dim, device=image.device)  # channel-major, then (i, j), as patches.unfold
     offset = (offset // patch**2) * (height * width) + (offset % patch**2 // patch) * width + offset % patch
     flat = (start[:, None] + offset[None, :]).reshape(-1)  # index_select: a Gather in ONNX (GatherND is 50x slower)
-    rows = padded.reshape(-1).index_select(0, flat).view(-1, model.dim)  # (n, d)
-    residual = model.project_out(rows - model.mean).gather(1, entry[:, None])[:, 0].abs()
-    return (NOISE_PER_MAD * lower_median(residual)).clamp(min=NOISE_FLOOR).view(1, 1, 1)
+    rows = padded.reshape(-1).index_select(0, flat).view(-1, dim)  # (distinct rows, d)
+    residual = model.project_out(rows - model.mean).reshape(-1)
+    index = torch.arange(samples, device=image.device) * step  # the sampled entries
+    position = index // spread * dim + (index - index // dim * dim)  # row among the distinct ones, entry
+    sampled = residual.index_select(0, position).abs()
+    return (NOISE_PER_MAD * lower_median(sampled)).clamp(min=NOISE_FLOOR).view(1, 1, 1)
 
 
 class DetectorForward(nn.Module):
