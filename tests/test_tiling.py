@@ -4,7 +4,6 @@ image scale measured on the whole image, so a tiled map equals the untiled one u
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from lista_cli.detection.model.patches import unfold
