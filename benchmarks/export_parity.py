@@ -27,7 +27,7 @@ from lista_cli.detection.export.export import export
 from lista_cli.detection.export.onnx_model import OnnxDetector
 from lista_cli.detection.scoring.checkpoint import load_checkpoint
 from lista_cli.detection.training.train import train
-from lista_cli.io.imageio import read_image
+from lista_cli.io.imageio import ImageError, read_image
 from lista_cli.io.inputs import collect_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +42,18 @@ def rate(detect_batch, arrays: list[np.ndarray]) -> float:
     for array in arrays:
         detect_batch([array])
     return len(arrays) / (time.perf_counter() - started)
+
+
+def smallest_input_side(exported: OnnxDetector) -> int:
+    """The least input side the graph scores: min_side holds at the working size, which is
+    smaller than the input when the model shrinks its images (check_size says which)."""
+    side = exported.min_side
+    while True:
+        try:
+            exported.check_size(np.zeros((side, side, 1), np.float32), "probe")
+            return side
+        except ImageError:
+            side += 1
 
 
 def compare(folder: Path, work: Path, overrides: list[str]) -> dict:
@@ -74,7 +86,8 @@ def compare(folder: Path, work: Path, overrides: list[str]) -> dict:
     # tile side: maps and decisions.
     rng = np.random.default_rng(0)
     random_gap, random_agree = 0.0, 0
-    sides = [exported.min_side, 127, 128, 129, 257, *rng.integers(exported.min_side, 320, 12).tolist()]
+    smallest = smallest_input_side(exported)
+    sides = [smallest, 127, 128, 129, 257, *rng.integers(smallest, max(320, smallest + 1), 12).tolist()]
     randoms = [
         rng.random((int(rng.choice(sides)), int(rng.choice(sides)), 1 + 2 * (i % 2)), np.float32) for i in range(12)
     ]
