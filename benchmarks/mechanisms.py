@@ -1,0 +1,255 @@
+"""Each scoring mechanism switched off on the same trained layers, per dev set and seed.
+
+`benchmarks/ablation.py run` retrains the whole detector for every variant. The mechanisms on
+the scoring path (the map mix and its search, the oriented smoothing of S, the sparse
+divisors, level and edge damping, the coarse scale, the code bank, the image statistic)
+act after the layers are trained, so here each set is trained once per seed with the default
+and every variant re-does only what the mechanism changes: the mix is chosen again on the
+same validation set and the edges and thresholds are calibrated again on the same held-out
+images (the same seeds as `lista train`), then the test set is scored. The layers and the
+step validation picked are the default's, so a row shows what the mechanism adds to these
+layers, not what a model trained without it would do (the training steps differ little:
+benchmarks/results/ablation_screen_seed0.md has the retrained rows).
+
+Each image's component maps do not depend on the mix or the calibration: they are computed
+once per image and bank layout and reused by every variant of that layout.
+
+    python benchmarks/mechanisms.py --seeds 0 1 2 --only brick kolektor --out results.jsonl
+    python benchmarks/ablation.py table results.jsonl --baseline base
+
+The rows have ablation.py's format (variant, set, family, seed, figures, decision inputs);
+`base` re-derives the default's own calibration and must equal the trained model's figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accuracy import SHARED, datasets, family_of  # noqa: E402
+
+from lista_cli.config import load_config  # noqa: E402
+from lista_cli.detection.evaluation.evaluate import evaluate  # noqa: E402
+from lista_cli.detection.scoring.checkpoint import load_checkpoint  # noqa: E402
+from lista_cli.detection.scoring.detector import Detector  # noqa: E402
+from lista_cli.detection.training import edges, train  # noqa: E402
+from lista_cli.detection.training.training_data import load_training_images  # noqa: E402
+from lista_cli.detection.training.validation import make_validation_set  # noqa: E402
+
+# name -> (score.* overrides, structural change); "base" first: every variant is scored against it.
+VARIANTS: dict[str, tuple[dict, str | None]] = {
+    "base": ({}, None),
+    "fixed_mix": ({"sparse_share": 0.5, "residual_weight": 0.5}, None),
+    "no_residual": ({"residual_weight": 0.0}, None),
+    "gaussian_only": ({"sparse_smoothing": "gaussian"}, None),
+    "no_level_damping": ({"level_damping": False}, None),
+    "no_edges": ({}, "no_edges"),
+    "topk": ({"image_score": "topk"}, None),
+    "topk_small": ({"image_score": "topk", "top_k": 0.001}, None),
+    "no_sparse_damping": ({}, "no_divisors"),
+    "scales1": ({}, "scales1"),
+    "no_bank": ({}, "no_bank"),
+    "lean": ({"sparse_share": 0.5, "residual_weight": 0.5, "sparse_smoothing": "gaussian", "level_damping": False}, "lean"),
+}
+
+
+def bank_key(bank) -> tuple:
+    """What tells one code bank from another here: its size, a checksum, its divisors."""
+    return len(bank.codes), float(bank.codes.double().sum()), float(bank.sparse_divisors.double().sum())
+
+
+# The maps each change computes: variants of one layout share them.
+LAYOUTS = {None: "full", "no_edges": "full", "no_divisors": "plain", "lean": "plain", "scales1": "fine", "no_bank": "sparse"}
+
+
+class ComponentCache:
+    """Detector.component_maps memoised on (image bytes, noise, bank layout): the maps of an
+    image depend on the layers (shared by every variant) and on the banks, not on the mix."""
+
+    def __init__(self) -> None:
+        self.maps: dict[tuple, torch.Tensor] = {}
+        self.original = Detector.component_maps
+
+    def __enter__(self) -> ComponentCache:
+        cache, original = self, self.original
+
+        def cached(detector: Detector, images: torch.Tensor, noise=None) -> torch.Tensor:
+            layout = tuple(
+                (int(s.factor), None if s.bank is None else bank_key(s.bank))
+                for s in detector.scales
+            )
+            out = []
+            for index in range(images.shape[0]):
+                image = images[index : index + 1].contiguous()
+                level = None if noise is None else tuple(float(n[index]) for n in noise)
+                digest = hashlib.sha1(image.numpy().tobytes()).hexdigest()
+                key = (digest, tuple(image.shape), level, layout)
+                if key not in cache.maps:
+                    part = None if noise is None else [n[index : index + 1] for n in noise]
+                    cache.maps[key] = original(detector, image, part)
+                out.append(cache.maps[key])
+            return torch.cat(out)
+
+        Detector.component_maps = cached
+        return self
+
+    def __exit__(self, *exc) -> None:
+        Detector.component_maps = self.original
+
+
+def variant_detector(trained: Detector, overrides: dict, change: str | None) -> Detector:
+    """The trained detector with the mechanism off: score.* overrides, and the banks or scales changed."""
+    detector = copy.deepcopy(trained)
+    for key, value in overrides.items():
+        setattr(detector.config.score, key, value)
+    if change in ("no_divisors", "lean"):
+        for scale in detector.scales:
+            if scale.bank is not None:
+                scale.bank.sparse_divisors = torch.zeros(0)
+    if change == "scales1":
+        detector.scales = torch.nn.ModuleList([s for s in detector.scales if int(s.factor) == 1])
+        detector.config.data.scales = [1]
+    if change == "no_bank":
+        for scale in detector.scales:
+            scale.bank = None
+    return detector
+
+
+def recalibrate(detector: Detector, context: dict, change: str | None):
+    """Mix and calibrate the detector again as `lista train` does, on the same images; -> the mix."""
+    profile = edges.edge_profile
+    if change in ("no_edges", "lean"):
+        edges.edge_profile = lambda maps, width: ([1.0] * width, [1.0] * width)
+    try:
+        return train._mix_and_calibrate(detector, *context["args"])[0]
+    finally:
+        edges.edge_profile = profile
+
+
+def trained_detector(folder: Path, cfg) -> Detector:
+    """`lista train`'s detector as it is when saved, with what training keeps in memory only
+    (each bank code's training image, for the leave-one-out calibration)."""
+    saved: list[Detector] = []
+    save = train.save_checkpoint
+    train.save_checkpoint = lambda out, detector, extra=None: (saved.append(detector), save(out, detector, extra))
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            started = time.perf_counter()
+            train.train(folder, cfg, Path(tmp) / "model.pt")
+            seconds = time.perf_counter() - started
+            reloaded = load_checkpoint(Path(tmp) / "model.pt")
+    finally:
+        train.save_checkpoint = save
+    detector = saved[0]
+    if reloaded.threshold != detector.threshold:
+        raise RuntimeError("the saved detector differs from the one in memory")
+    detector.train_seconds = seconds
+    return detector
+
+
+def training_context(folder: Path, cfg, detector: Detector) -> dict:
+    """The images `lista train` mixed and calibrated on (same split, validation and seeds)."""
+    loaded = load_training_images(folder, cfg, lambda message: None)
+    held_out, fitting = train._split(loaded.tensors, cfg)
+    validation = make_validation_set(held_out, cfg, cfg.train.seed)
+    shape = tuple(validation.images.shape[-2:])
+    held_sizes, fitting_sizes = train._split(loaded.input_sizes, cfg)
+    held_paths, _ = train._split(loaded.paths, cfg)
+    return {"args": (fitting, held_out, validation, shape, held_paths, (fitting_sizes, held_sizes))}
+
+
+def row_of(report: dict, detector: Detector) -> dict:
+    keys = ("pixel_auroc", "image_auroc", "aupro", "image_f1_calibrated", "image_f1_max", "good_flagged")
+    return {
+        **{k: report.get(k) for k in keys},
+        "region_recall": report.get("region_recall"),
+        "regions_per_good_image": report.get("regions_per_good_image"),
+        "decisions": {
+            "threshold": detector.threshold,
+            "normal_scores": list(detector.calibration.image_scores),
+            "test_scores": [s["score"] for s in report["image_scores"]],
+            "test_kinds": [s["kind"] for s in report["image_scores"]],
+        },
+    }
+
+
+def run_set(folder: Path, seed: int, names: list[str], base_overrides: list[str], out: Path, data: Path) -> None:
+    cfg = load_config(None, base_overrides + [f"train.seed={seed}"])
+    trained = trained_detector(folder, cfg)
+    train_seconds = trained.train_seconds
+    context = training_context(folder, trained.config, trained)
+    order = sorted(names, key=lambda n: (n != "base", LAYOUTS[VARIANTS[n][1]] != "full", LAYOUTS[VARIANTS[n][1]]))
+    with ComponentCache() as cache:
+        trained_report = evaluate(trained, folder)  # its maps are base's: kept for it
+        trained_figures = {k: trained_report[k] for k in ("pixel_auroc", "image_auroc", "image_f1_calibrated")}
+        layout = "full"
+        for name in order:
+            overrides, change = VARIANTS[name]
+            if LAYOUTS[change] != layout:
+                cache.maps.clear()  # bounded memory: one layout's maps at a time
+                layout = LAYOUTS[change]
+            started = time.perf_counter()
+            detector = variant_detector(trained, overrides, change)
+            mix = recalibrate(detector, context, change)
+            report = evaluate(detector, folder)
+            record = {
+                "variant": name,
+                "overrides": base_overrides + [f"score.{k}={v}" for k, v in overrides.items()] + ([change] if change else []),
+                "set": folder.name,
+                "family": family_of(folder, [data]),
+                "seed": seed,
+                "train_seconds": train_seconds,
+                "variant_seconds": time.perf_counter() - started,
+                "mix": {"sparse_share": mix.sparse_share, "residual_weight": mix.residual_weight,
+                        "sparse_smoothing": mix.sparse_smoothing},
+                **({"trained": trained_figures} if name == "base" else {}),
+                **row_of(report, detector),
+            }
+            with out.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            print(
+                f"{name:18s} {folder.name:12s} s{seed} pixel {record['pixel_auroc']:.3f}"
+                f" image {record['image_auroc']:.3f} ({record['variant_seconds']:.0f}s)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--only", nargs="+", help="only the sets with these names")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="base config override key=value")
+    parser.add_argument("--data", type=Path, default=SHARED)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    done = set()
+    if args.out.exists():
+        for line in args.out.read_text().splitlines():
+            row = json.loads(line)
+            done.add((row["set"], row["seed"]))
+    names = ["base"] + [n for n in args.variants if n != "base"]
+    for folder in datasets([args.data]):
+        if args.only and folder.name not in args.only:
+            continue
+        for seed in args.seeds:
+            if (folder.name, seed) not in done:
+                run_set(folder, seed, names, args.overrides, args.out, args.data)
+
+
+if __name__ == "__main__":
+    main()
