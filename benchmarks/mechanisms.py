@@ -58,7 +58,10 @@ VARIANTS: dict[str, tuple[dict, str | None]] = {
     "no_sparse_damping": ({}, "no_divisors"),
     "scales1": ({}, "scales1"),
     "no_bank": ({}, "no_bank"),
-    "lean": ({"sparse_share": 0.5, "residual_weight": 0.5, "sparse_smoothing": "gaussian", "level_damping": False}, "lean"),
+    "lean": (
+        {"sparse_share": 0.5, "residual_weight": 0.5, "sparse_smoothing": "gaussian", "level_damping": False},
+        "lean",
+    ),
 }
 
 
@@ -68,7 +71,14 @@ def bank_key(bank) -> tuple:
 
 
 # The maps each change computes: variants of one layout share them.
-LAYOUTS = {None: "full", "no_edges": "full", "no_divisors": "plain", "lean": "plain", "scales1": "fine", "no_bank": "sparse"}
+LAYOUTS = {
+    None: "full",
+    "no_edges": "full",
+    "no_divisors": "plain",
+    "lean": "plain",
+    "scales1": "fine",
+    "no_bank": "sparse",
+}
 
 
 class ComponentCache:
@@ -83,10 +93,7 @@ class ComponentCache:
         cache, original = self, self.original
 
         def cached(detector: Detector, images: torch.Tensor, noise=None) -> torch.Tensor:
-            layout = tuple(
-                (int(s.factor), None if s.bank is None else bank_key(s.bank))
-                for s in detector.scales
-            )
+            layout = tuple((int(s.factor), None if s.bank is None else bank_key(s.bank)) for s in detector.scales)
             out = []
             for index in range(images.shape[0]):
                 image = images[index : index + 1].contiguous()
@@ -203,14 +210,19 @@ def run_set(folder: Path, seed: int, names: list[str], base_overrides: list[str]
             report = evaluate(detector, folder)
             record = {
                 "variant": name,
-                "overrides": base_overrides + [f"score.{k}={v}" for k, v in overrides.items()] + ([change] if change else []),
+                "overrides": base_overrides
+                + [f"score.{k}={v}" for k, v in overrides.items()]
+                + ([change] if change else []),
                 "set": folder.name,
                 "family": family_of(folder, [data]),
                 "seed": seed,
                 "train_seconds": train_seconds,
                 "variant_seconds": time.perf_counter() - started,
-                "mix": {"sparse_share": mix.sparse_share, "residual_weight": mix.residual_weight,
-                        "sparse_smoothing": mix.sparse_smoothing},
+                "mix": {
+                    "sparse_share": mix.sparse_share,
+                    "residual_weight": mix.residual_weight,
+                    "sparse_smoothing": mix.sparse_smoothing,
+                },
                 **({"trained": trained_figures} if name == "base" else {}),
                 **row_of(report, detector),
             }
