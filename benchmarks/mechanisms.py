@@ -255,9 +255,10 @@ def main() -> None:
             row = json.loads(line)
             done.add((row["set"], row["seed"]))
     names = ["base"] + [n for n in args.variants if n != "base"]
-    for folder in datasets([args.data]):
-        if args.only and folder.name not in args.only:
-            continue
+    folders = [f for f in datasets([args.data]) if not args.only or f.name in args.only]
+    if not folders:
+        sys.exit(f"no category folder under {args.data}" + (f" named {' '.join(args.only)}" if args.only else ""))
+    for folder in folders:
         for seed in args.seeds:
             if (folder.name, seed) not in done:
                 run_set(folder, seed, names, args.overrides, args.out, args.data)
