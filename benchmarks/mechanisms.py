@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import SHARED, datasets, family_of  # noqa: E402
 
 from lista_cli.config import load_config  # noqa: E402
+from lista_cli.detection.evaluation import evaluate as evaluation  # noqa: E402
 from lista_cli.detection.evaluation.evaluate import evaluate  # noqa: E402
 from lista_cli.detection.scoring.checkpoint import load_checkpoint  # noqa: E402
 from lista_cli.detection.scoring.detector import Detector  # noqa: E402
@@ -245,7 +246,10 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SHARED)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--no-aupro", action="store_true", help="skip AUPRO (the slowest figure on large images)")
     args = parser.parse_args()
+    if args.no_aupro:
+        evaluation.aupro = lambda masks, maps, max_fpr=0.3: float("nan")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
