@@ -134,7 +134,6 @@ def print_table(args: argparse.Namespace) -> None:
     base_keys = {(r["set"], r["seed"]) for r in baseline}
     families = sorted({r["family"] for r in baseline})
     for metric in METRICS:
-        base = family_means(baseline, metric)
         print(f"\n#### {metric.replace('_', ' ')}: family mean over sets and seeds (change against {args.baseline})\n")
         header = [
             *families,
@@ -147,6 +146,8 @@ def print_table(args: argparse.Namespace) -> None:
         for name, variant_rows in by_variant.items():
             same = [r for r in variant_rows if (r["set"], r["seed"]) in base_keys]  # compared on common runs
             means = family_means(same, metric)
+            ran = {r["set"] for r in same}  # the baseline on the same sets (all its seeds: its spread)
+            base = family_means([r for r in baseline if r["set"] in ran], metric)
             cells = []
             for fam in families:
                 if fam not in means:
