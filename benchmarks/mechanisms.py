@@ -164,7 +164,7 @@ def trained_detector(folder: Path, cfg) -> Detector:
     return detector
 
 
-def training_context(folder: Path, cfg, detector: Detector) -> dict:
+def training_context(folder: Path, cfg) -> dict:
     """The images `lista train` mixed and calibrated on (same split, validation and seeds)."""
     loaded = load_training_images(folder, cfg, lambda message: None)
     held_out, fitting = train._split(loaded.tensors, cfg)
@@ -179,8 +179,6 @@ def row_of(report: dict, detector: Detector) -> dict:
     keys = ("pixel_auroc", "image_auroc", "aupro", "image_f1_calibrated", "image_f1_max", "good_flagged")
     return {
         **{k: report.get(k) for k in keys},
-        "region_recall": report.get("region_recall"),
-        "regions_per_good_image": report.get("regions_per_good_image"),
         "decisions": {
             "threshold": detector.threshold,
             "normal_scores": list(detector.calibration.image_scores),
@@ -194,7 +192,7 @@ def run_set(folder: Path, seed: int, names: list[str], base_overrides: list[str]
     cfg = load_config(None, base_overrides + [f"train.seed={seed}"])
     trained = trained_detector(folder, cfg)
     train_seconds = trained.train_seconds
-    context = training_context(folder, trained.config, trained)
+    context = training_context(folder, trained.config)
     order = sorted(names, key=lambda n: (n != "base", LAYOUTS[VARIANTS[n][1]] != "full", LAYOUTS[VARIANTS[n][1]]))
     with ComponentCache() as cache:
         trained_report = evaluate(trained, folder)  # its maps are base's: kept for it
