@@ -42,7 +42,7 @@ from lista_cli.detection.evaluation import evaluate as evaluation  # noqa: E402
 from lista_cli.detection.evaluation.evaluate import evaluate  # noqa: E402
 from lista_cli.detection.scoring.checkpoint import load_checkpoint  # noqa: E402
 from lista_cli.detection.scoring.detector import Detector  # noqa: E402
-from lista_cli.detection.training import edges, train  # noqa: E402
+from lista_cli.detection.training import edges, mixing, train  # noqa: E402
 from lista_cli.detection.training.training_data import load_training_images  # noqa: E402
 from lista_cli.detection.training.validation import make_validation_set  # noqa: E402
 
@@ -63,7 +63,15 @@ VARIANTS: dict[str, tuple[dict, str | None]] = {
         {"sparse_share": 0.5, "residual_weight": 0.5, "sparse_smoothing": "gaussian", "level_damping": False},
         "lean",
     ),
+    # With --set data.scales=[1,2,4]: the default's two scales (the same layers), and the
+    # finest scale weighed as much as (fine_half) or twice (fine_two_thirds) all coarser ones.
+    "scales12": ({}, "scales12"),
+    "fine_half": ({}, "fine_half"),
+    "fine_two_thirds": ({}, "fine_two_thirds"),
 }
+
+# Weight of the finest scale's maps against the sum of all coarser scales' (which share the rest equally).
+FINE_SHARES = {"fine_half": 0.5, "fine_two_thirds": 2 / 3}
 
 
 def bank_key(bank) -> tuple:
@@ -79,6 +87,9 @@ LAYOUTS = {
     "lean": "plain",
     "scales1": "fine",
     "no_bank": "sparse",
+    "scales12": "two",
+    "fine_half": "full",
+    "fine_two_thirds": "full",
 }
 
 
@@ -126,6 +137,9 @@ def variant_detector(trained: Detector, overrides: dict, change: str | None) -> 
     if change == "scales1":
         detector.scales = torch.nn.ModuleList([s for s in detector.scales if int(s.factor) == 1])
         detector.config.data.scales = [1]
+    if change == "scales12":
+        detector.scales = torch.nn.ModuleList([s for s in detector.scales if int(s.factor) <= 2])
+        detector.config.data.scales = [1, 2]
     if change == "no_bank":
         for scale in detector.scales:
             scale.bank = None
@@ -134,13 +148,22 @@ def variant_detector(trained: Detector, overrides: dict, change: str | None) -> 
 
 def recalibrate(detector: Detector, context: dict, change: str | None):
     """Mix and calibrate the detector again as `lista train` does, on the same images; -> the mix."""
-    profile = edges.edge_profile
+    profile, share_weights = edges.edge_profile, mixing.share_weights
     if change in ("no_edges", "lean"):
         edges.edge_profile = lambda maps, width: ([1.0] * width, [1.0] * width)
+    if change in FINE_SHARES:
+        fine = FINE_SHARES[change]
+        factors = [int(s.factor) for s in detector.scales for _ in s.kinds]
+        coarse = len(detector.scales) - 1
+        # each scale weighs 1 in share_weights: the finest gets `fine` of len(scales), the rest share the remainder
+        scale_weight = [len(detector.scales) * (fine if f == 1 else (1 - fine) / coarse) for f in factors]
+        mixing.share_weights = lambda d, levels, share, residual=0.0: [
+            w * g for w, g in zip(share_weights(d, levels, share, residual), scale_weight, strict=True)
+        ]
     try:
         return train._mix_and_calibrate(detector, *context["args"])[0]
     finally:
-        edges.edge_profile = profile
+        edges.edge_profile, mixing.share_weights = profile, share_weights
 
 
 def trained_detector(folder: Path, cfg) -> Detector:
