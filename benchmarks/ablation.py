@@ -52,7 +52,7 @@ VARIANTS: dict[str, list[str]] = {
     "patch8": ["patch.size=8", "patch.stride=4"],
     "topk": ["score.image_score=topk"],
     "energy9": ["model.energy=0.9"],
-    "scales124": ["data.scales=[1,2,4]"],
+    "scales12": ["data.scales=[1,2]"],  # the default before 0.3.0
 }
 
 

@@ -63,15 +63,15 @@ VARIANTS: dict[str, tuple[dict, str | None]] = {
         {"sparse_share": 0.5, "residual_weight": 0.5, "sparse_smoothing": "gaussian", "level_damping": False},
         "lean",
     ),
-    # With --set data.scales=[1,2,4]: the default's two scales (the same layers), and the
-    # finest scale weighed as much as (fine_half) or twice (fine_two_thirds) all coarser ones.
+    # The default before 0.3.0 (scales 1 and 2, the same layers); every scale weighed alike;
+    # the finest scale weighed twice all coarser ones together (the default: as much as them).
     "scales12": ({}, "scales12"),
-    "fine_half": ({}, "fine_half"),
+    "equal_scales": ({}, "equal_scales"),
     "fine_two_thirds": ({}, "fine_two_thirds"),
 }
 
-# Weight of the finest scale's maps against the sum of all coarser scales' (which share the rest equally).
-FINE_SHARES = {"fine_half": 0.5, "fine_two_thirds": 2 / 3}
+# Share of the finest scale's maps in the scale weights (the coarser scales share the rest alike).
+FINE_SHARES = {"equal_scales": None, "fine_two_thirds": 2 / 3}
 
 
 def bank_key(bank) -> tuple:
@@ -88,7 +88,7 @@ LAYOUTS = {
     "scales1": "fine",
     "no_bank": "sparse",
     "scales12": "two",
-    "fine_half": "full",
+    "equal_scales": "full",
     "fine_two_thirds": "full",
 }
 
@@ -148,22 +148,17 @@ def variant_detector(trained: Detector, overrides: dict, change: str | None) -> 
 
 def recalibrate(detector: Detector, context: dict, change: str | None):
     """Mix and calibrate the detector again as `lista train` does, on the same images; -> the mix."""
-    profile, share_weights = edges.edge_profile, mixing.share_weights
+    profile, scale_weights = edges.edge_profile, mixing.scale_weights
     if change in ("no_edges", "lean"):
         edges.edge_profile = lambda maps, width: ([1.0] * width, [1.0] * width)
-    if change in FINE_SHARES:
-        fine = FINE_SHARES[change]
-        factors = [int(s.factor) for s in detector.scales for _ in s.kinds]
-        coarse = len(detector.scales) - 1
-        # each scale weighs 1 in share_weights: the finest gets `fine` of len(scales), the rest share the remainder
-        scale_weight = [len(detector.scales) * (fine if f == 1 else (1 - fine) / coarse) for f in factors]
-        mixing.share_weights = lambda d, levels, share, residual=0.0: [
-            w * g for w, g in zip(share_weights(d, levels, share, residual), scale_weight, strict=True)
-        ]
+    if change in FINE_SHARES and len(detector.scales) > 1:
+        fine, count = FINE_SHARES[change], len(detector.scales)
+        per_scale = [1.0] * count if fine is None else [count * fine] + [count * (1 - fine) / (count - 1)] * (count - 1)
+        mixing.scale_weights = lambda d: [w for w, s in zip(per_scale, d.scales, strict=True) for _ in s.kinds]
     try:
         return train._mix_and_calibrate(detector, *context["args"])[0]
     finally:
-        edges.edge_profile, mixing.share_weights = profile, share_weights
+        edges.edge_profile, mixing.scale_weights = profile, scale_weights
 
 
 def trained_detector(folder: Path, cfg) -> Detector:

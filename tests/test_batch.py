@@ -143,7 +143,7 @@ def test_tiles_equal_the_whole_image(setup, multiscale, which, rng):
     detector.config.data.image_size = None
     if which == "oriented":  # S maps smoothed along trails: a wider reach, blocks of 2 px
         detector.calibration.sparse_smoothing = "oriented"
-    assert len(detector.scales) == (3 if which == "multiscale" else 2)  # the default [1, 2], or [1, 2, 3]
+    assert [int(s.factor) for s in detector.scales] == ([1, 2, 3] if which == "multiscale" else [1, 2, 4])
     image = detector.prepare(texture(rng, 97, 83).astype(np.float32) / 255)  # sides not multiples of 2 or 3
     whole = detector.working_map(image)
     detector.config.data.tile_size = 16

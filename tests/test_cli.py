@@ -47,7 +47,7 @@ def test_train_writes_a_loadable_self_describing_checkpoint(model):
     score = payload["config"]["score"]  # threshold = the configured quantile of those scores x the margin
     expected = np.quantile(calibration["image_scores"], score["threshold_quantile"]) * score["threshold_margin"]
     assert calibration["threshold"] == pytest.approx(expected, rel=1e-9)
-    assert extra["channels"] == 3 and extra["factors"] == [1, 2]
+    assert extra["channels"] == 3 and extra["factors"] == [1, 2, 4]
     assert not list(model.parent.glob(".model.pt.*"))  # no temporary left behind
 
 
@@ -195,7 +195,7 @@ def test_training_that_only_hurts_keeps_the_untrained_model(mvtec, tmp_path):
     overrides = ["train.steps=6", "train.val_every=2", "train.batch=4", "score.bank_size=0"]
     wrecked = train(mvtec, load_config(None, [*overrides, "train.lr=50"]), tmp_path / "wrecked.pt")
     train(mvtec, load_config(None, [*overrides, "model.learn=false"]), tmp_path / "ista.pt")
-    assert len(wrecked.scales) == 2  # the default scales 1 and 2: each keeps its own best step
+    assert [s["factor"] for s in wrecked.scales] == [1, 2, 4]  # the default scales: each keeps its own best step
     for scale in wrecked.scales:
         assert scale["best_step"] == 0 and scale["val_auroc_best"] == scale["val_auroc_start"]
     a, b = (torch.load(tmp_path / name, weights_only=True)["state"] for name in ("wrecked.pt", "ista.pt"))

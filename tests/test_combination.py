@@ -77,6 +77,15 @@ def test_share_weights_scale_each_kind_of_map():
     assert RESIDUAL_WEIGHTS[0] == 0.0  # off wins ties
 
 
+def test_the_finest_scale_weighs_as_much_as_the_coarser_ones_together():
+    one, three, four = _detector(scales=1), _detector(scales=3), _detector(scales=4)
+    assert share_weights(one, [2.0, 4.0], 0.25) == [0.5, 3.0]
+    # three scales: 3/2 for the finest, 3/4 for each coarser one (sum 3, as three scales of 1)
+    assert share_weights(three, [2.0, 4.0, 2.0, 4.0, 2.0, 4.0], 0.25) == [0.75, 4.5, 0.375, 2.25, 0.375, 2.25]
+    weights = share_weights(four, [1.0] * 8, 0.5)
+    assert sum(weights[:2]) == pytest.approx(sum(weights[2:])) and len(set(weights[2:])) == 1
+
+
 @pytest.mark.parametrize("smoothing", ["gaussian", "oriented"])
 def test_the_mix_score_equals_scoring_the_combined_maps(smoothing):
     """choose_weights scores mixes from per-component samples; scoring the full combined

@@ -275,15 +275,15 @@ def test_exported_file_carries_its_metadata(exported_model):
 
 
 def test_the_smallest_image_the_graph_scores(exported_model, rng):
-    """Scales 1 and 1/2 with p px patches: 2p - 1 px is the least side whose coarse scale
-    holds a patch, and the reflected Gaussian borders need more than the widest radius,
-    ceil(3 sigma); below the larger of the two the graph refuses."""
+    """Scales 1, 1/2 and 1/4 with p px patches: 4 (p - 1) + 1 px is the least side whose
+    coarsest scale holds a patch, and the reflected Gaussian borders need more than the
+    widest radius, ceil(3 sigma); below the larger of the two the graph refuses."""
     _, checkpoint, model = exported_model
     detector, exported = load_checkpoint(checkpoint), OnnxDetector(model)
-    assert detector.working_scale == 1.0 and detector.config.data.scales == [1, 2]
+    assert detector.working_scale == 1.0 and detector.config.data.scales == [1, 2, 4]
     score = detector.config.score
     radius = math.ceil(3 * max(score.smooth_sigma, score.code_smooth_sigma))
-    side = max(2 * detector.config.patch.size - 1, radius + 1)
+    side = max(4 * (detector.config.patch.size - 1) + 1, radius + 1)
     assert exported.min_side == side
     smallest = rng.random((side, 41, 3), dtype=np.float32)
     exported.check_size(smallest, "smallest.png")

@@ -3,7 +3,9 @@ weighed into one map.
 
 Each component is divided by its high quantile on normal pixels, so all share one unit,
 "how far above normal". Then the S maps are weighted by a share t, the code
-maps by 1 - t and the residual-level maps by u (1 - t). Which map carries a texture's
+maps by 1 - t and the residual-level maps by u (1 - t), and each scale's maps by its scale's
+weight: the finest scale (the one that places a defect to the pixel) weighs as much as all
+coarser ones together, so a coarser scale added for context does not dilute it. Which map carries a texture's
 defects differs (S on paper, the code distance on periodic brick, the residual level where
 defects remove grain), so t and u are chosen on the validation set unless
 score.sparse_share and score.residual_weight fix them. So is the smoothing of the S maps
@@ -41,11 +43,23 @@ def component_levels(normal_components: list[torch.Tensor], quantile: float = 0.
     return [1.0 / max(float(level), 1e-6) for level in levels]
 
 
+def scale_weights(detector: Detector) -> list[float]:
+    """Per component map, its scale's weight: with n scales the finest gets n / 2 and each of
+    the n - 1 coarser ones n / (2 (n - 1)), so the weights sum to n and two scales weigh 1 each."""
+    count = len(detector.scales)
+    weights = [1.0] if count == 1 else [count / 2] + [count / (2 * (count - 1))] * (count - 1)
+    return [weight for weight, scale in zip(weights, detector.scales, strict=True) for _ in scale.kinds]
+
+
 def share_weights(detector: Detector, levels: list[float], share: float, residual: float = 0.0) -> list[float]:
     """Map weights: each component's level, times `share` for sparse-part maps,
-    1 - share for code maps and `residual` (1 - share) for residual-level maps."""
+    1 - share for code maps and `residual` (1 - share) for residual-level maps, times its
+    scale's weight (scale_weights)."""
     factors = {"sparse": share, "code": 1.0 - share, "residual": residual * (1.0 - share)}
-    return [level * factors[kind] for level, kind in zip(levels, detector.kinds, strict=True)]
+    return [
+        level * factors[kind] * weight
+        for level, kind, weight in zip(levels, detector.kinds, scale_weights(detector), strict=True)
+    ]
 
 
 class Mix(NamedTuple):
