@@ -70,7 +70,7 @@ VARIANTS: dict[str, tuple[dict, str | None]] = {
     "fine_two_thirds": ({}, "fine_two_thirds"),
 }
 
-# Share of the finest scale's maps in the scale weights (the coarser scales share the rest alike).
+# Share of the finest scale's maps in the scale weights (None: 1 / the scale count, all alike).
 FINE_SHARES = {"equal_scales": None, "fine_two_thirds": 2 / 3}
 
 
@@ -152,9 +152,8 @@ def recalibrate(detector: Detector, context: dict, change: str | None):
     if change in ("no_edges", "lean"):
         edges.edge_profile = lambda maps, width: ([1.0] * width, [1.0] * width)
     if change in FINE_SHARES and len(detector.scales) > 1:
-        fine, count = FINE_SHARES[change], len(detector.scales)
-        per_scale = [1.0] * count if fine is None else [count * fine] + [count * (1 - fine) / (count - 1)] * (count - 1)
-        mixing.scale_weights = lambda d: [w for w, s in zip(per_scale, d.scales, strict=True) for _ in s.kinds]
+        fine = FINE_SHARES[change] or 1 / len(detector.scales)
+        mixing.scale_weights = lambda d: scale_weights(d, fine)
     try:
         return train._mix_and_calibrate(detector, *context["args"])[0]
     finally:

@@ -43,11 +43,12 @@ def component_levels(normal_components: list[torch.Tensor], quantile: float = 0.
     return [1.0 / max(float(level), 1e-6) for level in levels]
 
 
-def scale_weights(detector: Detector) -> list[float]:
-    """Per component map, its scale's weight: with n scales the finest gets n / 2 and each of
-    the n - 1 coarser ones n / (2 (n - 1)), so the weights sum to n and two scales weigh 1 each."""
+def scale_weights(detector: Detector, finest: float = 0.5) -> list[float]:
+    """Per component map, its scale's weight: with n scales the finest gets n * `finest` and
+    each of the n - 1 coarser ones n (1 - `finest`) / (n - 1), so the weights sum to n and,
+    with the default half, two scales weigh 1 each."""
     count = len(detector.scales)
-    weights = [1.0] if count == 1 else [count / 2] + [count / (2 * (count - 1))] * (count - 1)
+    weights = [1.0] if count == 1 else [count * finest] + [count * (1 - finest) / (count - 1)] * (count - 1)
     return [weight for weight, scale in zip(weights, detector.scales, strict=True) for _ in scale.kinds]
 
 
