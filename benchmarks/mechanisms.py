@@ -68,6 +68,8 @@ VARIANTS: dict[str, tuple[dict, str | None]] = {
     "scales12": ({}, "scales12"),
     "equal_scales": ({}, "equal_scales"),
     "fine_two_thirds": ({}, "fine_two_thirds"),
+    # Edge damping over the band a two-scale model had (the reach of a 1/2-scale patch, not a 1/4 one's).
+    "edge_band_two_scales": ({}, "edge_band_two_scales"),
 }
 
 # Share of the finest scale's maps in the scale weights (None: 1 / the scale count, all alike).
@@ -90,6 +92,7 @@ LAYOUTS = {
     "scales12": "two",
     "equal_scales": "full",
     "fine_two_thirds": "full",
+    "edge_band_two_scales": "full",
 }
 
 
@@ -148,16 +151,18 @@ def variant_detector(trained: Detector, overrides: dict, change: str | None) -> 
 
 def recalibrate(detector: Detector, context: dict, change: str | None):
     """Mix and calibrate the detector again as `lista train` does, on the same images; -> the mix."""
-    profile, scale_weights = edges.edge_profile, mixing.scale_weights
+    profile, scale_weights, band_width = edges.edge_profile, mixing.scale_weights, edges.band_width
     if change in ("no_edges", "lean"):
         edges.edge_profile = lambda maps, width: ([1.0] * width, [1.0] * width)
+    if change == "edge_band_two_scales":
+        edges.band_width = lambda patch, coarsest, reach, side: band_width(patch, min(coarsest, 2), reach, side)
     if change in FINE_SHARES and len(detector.scales) > 1:
         fine = FINE_SHARES[change] or 1 / len(detector.scales)
         mixing.scale_weights = lambda d: scale_weights(d, fine)
     try:
         return train._mix_and_calibrate(detector, *context["args"])[0]
     finally:
-        edges.edge_profile, mixing.scale_weights = profile, scale_weights
+        edges.edge_profile, mixing.scale_weights, edges.band_width = profile, scale_weights, band_width
 
 
 def trained_detector(folder: Path, cfg) -> Detector:

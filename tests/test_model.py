@@ -77,6 +77,27 @@ def test_gradients_reach_every_parameter(kind):
         assert param.grad is not None and float(param.grad.abs().sum()) > 0, name
 
 
+@pytest.mark.parametrize("threshold_shape", [(), (3, 1, 1), (3, 5, 1)])
+def test_soft_threshold_gradient_matches_finite_differences(threshold_shape):
+    """The hand-written backward against float64 finite differences (gradcheck) and against
+    autograd through an independent form, sign(x) * relu(|x| - t), on odd shapes."""
+    gen = torch.Generator().manual_seed(11)
+    values = torch.randn(3, 5, 7, generator=gen, dtype=torch.float64)
+    threshold = (0.2 + 0.6 * torch.rand(threshold_shape, generator=gen, dtype=torch.float64)).requires_grad_(True)
+    # keep every entry away from the kinks at +-t, where the derivative jumps
+    gap = values.abs() - threshold.detach()
+    values = (values + torch.sign(values) * 0.05 * (gap.abs() < 0.05)).requires_grad_(True)
+    assert torch.autograd.gradcheck(soft_threshold, (values, threshold))
+    weights = torch.randn(3, 5, 7, generator=gen, dtype=torch.float64)
+    (soft_threshold(values, threshold) * weights).sum().backward()
+    ours = values.grad.clone(), threshold.grad.clone()
+    values.grad = threshold.grad = None
+    (torch.sign(values) * torch.relu(values.abs() - threshold) * weights).sum().backward()
+    assert torch.allclose(ours[0], values.grad, atol=1e-12)
+    assert torch.allclose(ours[1], threshold.grad, atol=1e-12)
+    assert float(ours[1].abs().sum()) > 0
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 def test_shapes_gray_and_rgb(channels):
     dim = channels * 5 * 5

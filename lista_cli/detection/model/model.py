@@ -107,8 +107,33 @@ def _leading_directions(basis: torch.Tensor, count: int) -> torch.Tensor:
     return torch.linalg.qr(torch.cat([basis, filler], dim=1)[:, :count]).Q.contiguous()
 
 
+class _SoftThreshold(torch.autograd.Function):
+    """soft(x, t) with a backward from the output's sign: autograd's own through
+    x - clamp(x, -t, t) builds masks from comparisons of x against both bounds and took a
+    third of a training step. d/dx = |sign(out)| (1 outside [-t, t], 0 inside), d/dt = -sign(out)."""
+
+    @staticmethod
+    def forward(ctx, values: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+        out = values - torch.clamp(values, min=-threshold, max=threshold)
+        ctx.save_for_backward(out.sign())
+        ctx.threshold_shape = threshold.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        (sign,) = ctx.saved_tensors
+        signed = grad * sign
+        return signed * sign, -signed.sum_to_size(ctx.threshold_shape)
+
+
 def soft_threshold(values: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
     """soft(x, t) = sign(x) * max(|x| - t, 0), computed as x - clamp(x, -t, t) (two passes)."""
+    if (
+        torch.is_grad_enabled()
+        and isinstance(threshold, torch.Tensor)
+        and (values.requires_grad or threshold.requires_grad)
+    ):
+        return _SoftThreshold.apply(values, threshold)
     return values - torch.clamp(values, min=-threshold, max=threshold)
 
 

@@ -123,7 +123,9 @@ class ValidationSet:
         """`score` from the sampled map values (`sample`'s output)."""
         if not (negatives.isfinite().all() and all(v.isfinite().all() for v in positives.values())):
             return 0.0, dict.fromkeys(positives, 0.0)
-        normal = negatives.sort().values
+        # numpy's sort (vectorised quicksort) takes 0.4 ms for 100 000 float32 where torch's took
+        # 13 ms here, and this runs for every candidate mix; the same sorted values either way.
+        normal = torch.from_numpy(np.sort(negatives.numpy()))
         per_family = {}
         for name, values in positives.items():
             below = torch.searchsorted(normal, values, side="left")
