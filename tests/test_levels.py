@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from lista_cli.detection.scoring.inference import lower_median as lower_median_torch
+from lista_cli.detection.model.model import lower_median as lower_median_torch
+from lista_cli.detection.model.model import topk_lower_median
 from lista_cli.detection.scoring.postprocess import Finish, lower_median
 from lista_cli.detection.training.levels import QUANTILE, level_reference
 
@@ -58,12 +59,18 @@ def test_a_model_without_a_reference_is_not_damped():
 
 
 def test_the_traced_lower_median_is_numpys():
-    """inference.lower_median (TopK, for the noise scale in the graph) = postprocess.lower_median
-    = torch.median, at odd and even counts."""
+    """model.topk_lower_median (TopK, for the noise scale in the graph) = model.lower_median
+    (numpy's partition in eager mode) = postprocess.lower_median = torch.median, at odd and
+    even counts, also row by row."""
     gen = torch.Generator().manual_seed(13)
     for count in (1, 2, 7, 10, 4097):
         values = torch.rand(count, generator=gen)
-        assert float(lower_median_torch(values)) == float(lower_median(values.numpy())) == float(values.median())
+        expected = float(values.median())
+        assert float(topk_lower_median(values)) == float(lower_median_torch(values)) == expected
+        assert float(lower_median(values.numpy())) == expected
+    rows = torch.rand(5, 33, generator=gen)[:, ::2]  # strided, as the noise scale's sample
+    assert torch.equal(lower_median_torch(rows), rows.median(dim=1).values)
+    assert torch.equal(topk_lower_median(rows), rows.median(dim=1).values)
 
 
 def test_training_measures_the_reference_unless_turned_off(tiny_trained, mvtec, tmp_path):

@@ -18,18 +18,11 @@ import torch
 from torch import nn
 
 from ..model import patches
-from ..model.model import NOISE_FLOOR, NOISE_PER_MAD, NOISE_SAMPLE, UnfoldedISTA
+from ..model.model import NOISE_FLOOR, NOISE_PER_MAD, NOISE_SAMPLE, UnfoldedISTA, lower_median
 from .resampling import downsample
 
 if TYPE_CHECKING:
     from .detector import Detector
-
-
-def lower_median(values: torch.Tensor) -> torch.Tensor:
-    """(..., n) -> (...): the lower median (torch.median's), as the largest of the (n + 1) // 2
-    smallest values (TopK in ONNX; torch.median and kthvalue have no ONNX form)."""
-    count = (values.shape[-1] + 1) // 2
-    return values.topk(count, dim=-1, largest=False, sorted=False).values.amax(dim=-1)
 
 
 def noise_scale(model: UnfoldedISTA, image: torch.Tensor, patch: int, stride: int) -> torch.Tensor:
