@@ -8,7 +8,7 @@ the largest map difference with 128 px tiles (both paths tiling, a tenth of the 
 same on 12 random-size images (gray and RGB, below, at and above the tile), and
 both in-process rates (images/s, decoded images in memory, maps and decisions).
 
-    python benchmarks/export_parity.py [DATA ...] [--set key=value]
+    python benchmarks/export_parity.py [DATA ...] [--set key=value] [--threads N]
 """
 
 from __future__ import annotations
@@ -119,7 +119,10 @@ def main() -> None:
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], help="config override, e.g. train.steps=50"
     )
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
