@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -96,6 +97,21 @@ def test_soft_threshold_gradient_matches_finite_differences(threshold_shape):
     assert torch.allclose(ours[0], values.grad, atol=1e-12)
     assert torch.allclose(ours[1], threshold.grad, atol=1e-12)
     assert float(ours[1].abs().sum()) > 0
+
+
+def test_soft_threshold_without_grad_matches_numpy_and_carries_a_nan_threshold():
+    """The no-grad paths (one-pass for a scalar, two passes otherwise) against numpy on odd
+    shapes; a NaN threshold (layers wrecked by training) gives NaN, not an error."""
+    rng = np.random.default_rng(5)
+    values = rng.standard_normal((2, 7, 5)).astype(np.float32)
+    for threshold in (np.float32(0.3), rng.uniform(0.1, 0.9, (2, 1, 1)).astype(np.float32)):
+        expected = np.sign(values) * np.maximum(np.abs(values) - threshold, 0)
+        with torch.no_grad():
+            got = soft_threshold(torch.from_numpy(values), torch.as_tensor(threshold))
+        np.testing.assert_allclose(got.numpy(), expected, atol=1e-6)
+    with torch.no_grad():
+        wrecked = soft_threshold(torch.from_numpy(values), torch.tensor(float("nan")))
+    assert torch.isnan(wrecked).all()
 
 
 @pytest.mark.parametrize("channels", [1, 3])

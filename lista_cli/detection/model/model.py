@@ -153,7 +153,11 @@ def soft_threshold(values: torch.Tensor, threshold: torch.Tensor | float) -> tor
         if threshold.numel() == 1 and not torch.compiler.is_exporting():
             # One image (detect runs them one at a time): torch's one-pass softshrink gives the
             # same values in a tenth of the two passes' time on 256^2 RGB patch rows here.
-            return F.softshrink(values, float(threshold))
+            # It refuses a NaN or negative threshold (wrecked layers while training validates),
+            # which the two passes carry through as NaN / clamp's min > max rule.
+            scalar = float(threshold)
+            if scalar >= 0 and math.isfinite(scalar):
+                return F.softshrink(values, scalar)
     return values - torch.clamp(values, min=-threshold, max=threshold)
 
 
