@@ -53,6 +53,7 @@ VARIANTS: dict[str, list[str]] = {
     "topk": ["score.image_score=topk"],
     "energy9": ["model.energy=0.9"],
     "scales12": ["data.scales=[1,2]"],  # the default before 0.3.0
+    "layers3": ["model.layers=3"],  # the default since 0.4.0 (10 before)
 }
 
 
@@ -107,6 +108,7 @@ def family_means(rows: list[dict], metric: str) -> dict[str, dict[int, float]]:
 
 REMOVALS = {"scales1", "no_bank", "no_residual", "no_sparse_damping", "no_level_damping", "no_edges"}
 REMOVALS |= {"gaussian_only", "fixed_mix"}
+REMOVALS |= {"layers3"}  # 3 unfolded layers instead of 10: seven layers (and their thresholds) fewer
 
 
 def decide(

@@ -66,6 +66,7 @@ VARIANTS: dict[str, tuple[dict, str | None]] = {
     # The default before 0.3.0 (scales 1 and 2, the same layers); every scale weighed alike;
     # the finest scale weighed twice all coarser ones together (the default: as much as them).
     "scales12": ({}, "scales12"),
+    "scales124": ({}, "scales124"),  # the default's scales, on layers trained with more (--set data.scales=...)
     "equal_scales": ({}, "equal_scales"),
     "fine_two_thirds": ({}, "fine_two_thirds"),
     # Edge damping over the band a two-scale model had (the reach of a 1/2-scale patch, not a 1/4 one's).
@@ -90,6 +91,7 @@ LAYOUTS = {
     "scales1": "fine",
     "no_bank": "sparse",
     "scales12": "two",
+    "scales124": "three",
     "equal_scales": "full",
     "fine_two_thirds": "full",
     "edge_band_two_scales": "full",
@@ -140,9 +142,10 @@ def variant_detector(trained: Detector, overrides: dict, change: str | None) -> 
     if change == "scales1":
         detector.scales = torch.nn.ModuleList([s for s in detector.scales if int(s.factor) == 1])
         detector.config.data.scales = [1]
-    if change == "scales12":
-        detector.scales = torch.nn.ModuleList([s for s in detector.scales if int(s.factor) <= 2])
-        detector.config.data.scales = [1, 2]
+    if change in ("scales12", "scales124"):
+        kept = [1, 2] if change == "scales12" else [1, 2, 4]
+        detector.scales = torch.nn.ModuleList([s for s in detector.scales if int(s.factor) in kept])
+        detector.config.data.scales = kept
     if change == "no_bank":
         for scale in detector.scales:
             scale.bank = None
@@ -210,7 +213,9 @@ def row_of(report: dict, detector: Detector) -> dict:
     }
 
 
-def run_set(folder: Path, seed: int, names: list[str], base_overrides: list[str], out: Path, data: Path) -> None:
+def run_set(
+    folder: Path, seed: int, names: list[str], base_overrides: list[str], out: Path, data: Path, label: str | None
+) -> None:
     cfg = load_config(None, base_overrides + [f"train.seed={seed}"])
     trained = trained_detector(folder, cfg)
     train_seconds = trained.train_seconds
@@ -230,7 +235,7 @@ def run_set(folder: Path, seed: int, names: list[str], base_overrides: list[str]
             mix = recalibrate(detector, context, change)
             report = evaluate(detector, folder)
             record = {
-                "variant": name,
+                "variant": name if not label else label if name == "base" else f"{label}+{name}",
                 "overrides": base_overrides
                 + [f"score.{k}={v}" for k, v in overrides.items()]
                 + ([change] if change else []),
@@ -263,6 +268,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--only", nargs="+", help="only the sets with these names")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="base config override key=value")
+    parser.add_argument(
+        "--label",
+        help="name the rows' variant LABEL (LABEL+variant): a model trained with --set overrides, compared"
+        " in `ablation.py table` against the default's base rows",
+    )
     parser.add_argument("--data", type=Path, default=SHARED)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
@@ -285,7 +295,7 @@ def main() -> None:
     for folder in folders:
         for seed in args.seeds:
             if (folder.name, seed) not in done:
-                run_set(folder, seed, names, args.overrides, args.out, args.data)
+                run_set(folder, seed, names, args.overrides, args.out, args.data, args.label)
 
 
 if __name__ == "__main__":

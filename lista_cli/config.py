@@ -50,7 +50,7 @@ class PatchConfig:
 @dataclass
 class ModelConfig:
     layer_type: str = _opt("cp", choices=("full", "cp", "alista"))
-    layers: int = _opt(10, low=1, high=10000)
+    layers: int = _opt(3, low=1, high=10000)
     energy: float = _opt(0.7, low=0.0, high=1.0, open_low=True, open_high=True)
     max_rank: int | None = _opt(None, low=1)
     step: float = _opt(1.0, low=0.0, high=1.0, open_low=True)
