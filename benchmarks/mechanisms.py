@@ -73,6 +73,9 @@ VARIANTS: dict[str, tuple[dict, str | None]] = {
     "edge_band_two_scales": ({}, "edge_band_two_scales"),
 }
 
+# The scale factors a structural change keeps of the trained detector's.
+KEPT_SCALES = {"scales1": [1], "scales12": [1, 2], "scales124": [1, 2, 4]}
+
 # Share of the finest scale's maps in the scale weights (None: 1 / the scale count, all alike).
 FINE_SHARES = {"equal_scales": None, "fine_two_thirds": 2 / 3}
 
@@ -139,11 +142,8 @@ def variant_detector(trained: Detector, overrides: dict, change: str | None) -> 
         for scale in detector.scales:
             if scale.bank is not None:
                 scale.bank.sparse_divisors = torch.zeros(0)
-    if change == "scales1":
-        detector.scales = torch.nn.ModuleList([s for s in detector.scales if int(s.factor) == 1])
-        detector.config.data.scales = [1]
-    if change in ("scales12", "scales124"):
-        kept = [1, 2] if change == "scales12" else [1, 2, 4]
+    if change in KEPT_SCALES:
+        kept = KEPT_SCALES[change]
         detector.scales = torch.nn.ModuleList([s for s in detector.scales if int(s.factor) in kept])
         detector.config.data.scales = kept
     if change == "no_bank":

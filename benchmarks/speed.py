@@ -44,10 +44,12 @@ SAMPLE = ROOT / "sample_data" / "paper_BRG01"
 PIPED_TYPE = ROOT.parent / "shared" / "data" / "piped" / "PA_BDP01_TL"
 
 
-def train_seconds(data: Path, tmp: Path) -> float:
-    """`lista train DATA` as a user runs it (a fresh process, default config), in seconds."""
+def train_seconds(data: Path, model: Path, overrides: list[str] | None = None) -> float:
+    """`lista train DATA --out MODEL` as a user runs it (a fresh process, the default config
+    with `overrides` KEY=VALUE), in seconds."""
     started = time.perf_counter()
-    run = [sys.executable, "-m", "lista_cli.cli", "train", str(data), "--out", str(tmp / "timed.pt"), "-q"]
+    sets = [arg for override in overrides or [] for arg in ("--set", override)]
+    run = [sys.executable, "-m", "lista_cli.cli", "train", str(data), "--out", str(model), "-q", *sets]
     subprocess.run(run, check=True)
     return time.perf_counter() - started
 
@@ -242,7 +244,7 @@ def main() -> None:
         onnx_process = whole_process(exported_default, tmp, args.process_images)
         print(onnx_process, file=sys.stderr, flush=True)
         onnx_rows = onnx_against_torch(models, tmp, [s for s in map(int, args.sizes.split(",")) if s <= 512])
-        training = {"set": args.train_set.name, "seconds": train_seconds(args.train_set, tmp)}
+        training = {"set": args.train_set.name, "seconds": train_seconds(args.train_set, tmp / "timed.pt")}
         print(training, file=sys.stderr, flush=True)
         deblur = subprocess.run(
             [sys.executable, str(ROOT / "benchmarks" / "deblur_speed.py")], capture_output=True, text=True, check=True

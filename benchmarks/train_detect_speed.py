@@ -11,24 +11,14 @@ beside the float32 GEMM rate printed before and after.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import matmul_rate, whole_process  # noqa: E402
+from speed import matmul_rate, train_seconds, whole_process  # noqa: E402
 
 DEFAULT_SET = Path(__file__).resolve().parents[2] / "shared" / "data" / "piped" / "PA_BRG01_RL"
-
-
-def train_seconds(data: Path, model: Path, overrides: list[str]) -> float:
-    started = time.perf_counter()
-    sets = [arg for override in overrides for arg in ("--set", override)]
-    command = [sys.executable, "-m", "lista_cli.cli", "train", str(data), "--out", str(model), "-q", *sets]
-    subprocess.run(command, check=True)
-    return time.perf_counter() - started
 
 
 def gemm_rate() -> str:
@@ -51,8 +41,8 @@ def main() -> None:
             seconds = train_seconds(args.data, model, overrides)
             rows.append((config or "default", seconds, whole_process(model, tmp / f"detect{number}", args.images)))
     print(f"float32 GEMM after: {gemm_rate()}\n")
-    detect = f"`lista detect` {args.images} images: img/s"
-    print(f"| config | `lista train {args.data.name}` s | {detect} | in-process img/s |")
+    detect_header = f"`lista detect` {args.images} images: img/s"
+    print(f"| config | `lista train {args.data.name}` s | {detect_header} | in-process img/s |")
     print("|---|---|---|---|")
     for config, seconds, detect in rows:
         print(f"| {config} | {seconds:.1f} | {detect['whole_img_s']:.1f} | {detect['in_process_img_s']:.1f} |")
