@@ -24,6 +24,7 @@ The rows have ablation.py's format (variant, set, family, seed, figures, decisio
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import hashlib
 import json
@@ -40,6 +41,7 @@ from accuracy import SHARED, datasets, family_of  # noqa: E402
 from lista_cli.config import load_config  # noqa: E402
 from lista_cli.detection.evaluation import evaluate as evaluation  # noqa: E402
 from lista_cli.detection.evaluation.evaluate import evaluate  # noqa: E402
+from lista_cli.detection.scoring import pixel_maps  # noqa: E402
 from lista_cli.detection.scoring.checkpoint import load_checkpoint  # noqa: E402
 from lista_cli.detection.scoring.detector import Detector  # noqa: E402
 from lista_cli.detection.training import edges, mixing, train  # noqa: E402
@@ -71,13 +73,99 @@ VARIANTS: dict[str, tuple[dict, str | None]] = {
     "fine_two_thirds": ({}, "fine_two_thirds"),
     # Edge damping over the band a two-scale model had (the reach of a 1/2-scale patch, not a 1/4 one's).
     "edge_band_two_scales": ({}, "edge_band_two_scales"),
+    # Scales fused by their maximum (or root sum of squares) instead of a weighted sum: each
+    # scale's own mix of maps, in the normal-quantile unit, every scale weighing alike.
+    "scale_max": ({}, "scale_max"),
+    "scale_rms": ({}, "scale_rms"),
+    # The component maps of every scale fused by their joint density on normal pixels instead of
+    # a weighted sum chosen on synthetic defects: each smoothed map v_i becomes log(v_i + c_i),
+    # c_i a tenth of its 0.99 quantile on the clean validation images, and the pixel's score is
+    # the Mahalanobis distance of that vector from those images' pixels (full covariance, or
+    # per map alone).
+    "density": ({}, "density"),
+    "density_diag": ({}, "density_diag"),
 }
 
 # The scale factors a structural change keeps of the trained detector's.
 KEPT_SCALES = {"scales1": [1], "scales12": [1, 2], "scales124": [1, 2, 4]}
 
 # Share of the finest scale's maps in the scale weights (None: 1 / the scale count, all alike).
-FINE_SHARES = {"equal_scales": None, "fine_two_thirds": 2 / 3}
+FINE_SHARES = {"equal_scales": None, "fine_two_thirds": 2 / 3, "scale_max": None, "scale_rms": None}
+
+# Power of the fusion across scales: (sum over scales of each scale's map ** p) ** (1 / p).
+FUSION_POWERS = {"scale_max": float("inf"), "scale_rms": 2.0}
+
+
+def scale_groups(detector: Detector) -> list[list[int]]:
+    """The component indices of each scale, finest first."""
+    groups, start = [], 0
+    for scale in detector.scales:
+        groups.append(list(range(start, start + len(scale.kinds))))
+        start += len(scale.kinds)
+    return groups
+
+
+def fuse(per_scale: list[torch.Tensor], power: float) -> torch.Tensor:
+    """(sum_s map_s ** power) ** (1 / power), the maximum when power is infinite."""
+    stacked = torch.stack(per_scale).clamp(min=0)
+    if power == float("inf"):
+        return stacked.amax(0)
+    return stacked.pow(power).sum(0).pow(1 / power)
+
+
+class ScaleFusion:
+    """Detector.combine and mixing.best_mix fusing the scales' mixes by `power` (fuse)."""
+
+    def __init__(self, power: float) -> None:
+        self.power = power
+        self.combine, self.best_mix = Detector.combine, mixing.best_mix
+
+    def __enter__(self) -> ScaleFusion:
+        power = self.power
+
+        def fused_combine(detector, components, weights=None, sparse_smoothing=None):
+            weights = detector.map_weights if weights is None else weights
+            smoothing = detector.calibration.sparse_smoothing if sparse_smoothing is None else sparse_smoothing
+            score, kinds = detector.config.score, detector.kinds
+            per_scale = [
+                pixel_maps.smooth_mix(
+                    components[:, group],
+                    [weights[i] for i in group],
+                    [kinds[i] for i in group],
+                    score.smooth_sigma,
+                    smoothing,
+                    score.code_smooth_sigma,
+                )
+                for group in scale_groups(detector)
+            ]
+            return fuse(per_scale, power)
+
+        def fused_best_mix(detector, validation, samples):
+            groups = scale_groups(detector)
+            score_cfg = detector.config.score
+            shares = mixing.SPARSE_SHARES if score_cfg.sparse_share is None else [score_cfg.sparse_share]
+            residuals = mixing.RESIDUAL_WEIGHTS if score_cfg.residual_weight is None else [score_cfg.residual_weight]
+            levels = [sample.level for sample in samples]
+            best = None
+            for residual in residuals:
+                for share in shares:
+                    weights = mixing.share_weights(detector, levels, share, residual)
+
+                    def mixed(pick, weights=weights):
+                        return fuse([sum(weights[i] * pick(samples[i]) for i in group) for group in groups], power)
+
+                    negatives = mixed(lambda sample: sample.negatives)
+                    positives = {n: mixed(lambda sample, n=n: sample.positives[n]) for n in samples[0].positives}
+                    score, _ = validation.score_sample(negatives, positives)
+                    if best is None or score > best.score:
+                        best = mixing.Mix(weights, share, residual, score)
+            return best
+
+        Detector.combine, mixing.best_mix = fused_combine, fused_best_mix
+        return self
+
+    def __exit__(self, *exc) -> None:
+        Detector.combine, mixing.best_mix = self.combine, self.best_mix
 
 
 def bank_key(bank) -> tuple:
@@ -98,6 +186,10 @@ LAYOUTS = {
     "equal_scales": "full",
     "fine_two_thirds": "full",
     "edge_band_two_scales": "full",
+    "scale_max": "full",
+    "scale_rms": "full",
+    "density": "full",
+    "density_diag": "full",
 }
 
 
@@ -131,6 +223,71 @@ class ComponentCache:
 
     def __exit__(self, *exc) -> None:
         Detector.component_maps = self.original
+
+
+DENSITY_OFFSET = 0.1  # c_i in units of the map's 0.99 quantile on normal pixels
+DENSITY_PIXELS = 200_000  # normal pixels the density is fitted on
+
+
+def smoothed_components(detector: Detector, components: torch.Tensor, smoothing: str) -> torch.Tensor:
+    """(B, M, h, w) component maps -> each smoothed alone as the mix smooths it."""
+    score = detector.config.score
+    out = []
+    for i, kind in enumerate(detector.kinds):
+        if kind == "sparse" and smoothing == "oriented":
+            out.append(pixel_maps.oriented_smooth(components[:, i], score.smooth_sigma))
+        else:
+            level = pixel_maps.kind_sigma(kind, score.smooth_sigma, score.code_smooth_sigma)
+            out.append(pixel_maps.gaussian_smooth(components[:, i], level))
+    return torch.stack(out, dim=1)
+
+
+class JointDensity:
+    """mixing.choose_weights fitting a Gaussian to the log component maps of the clean
+    validation images (the smoothing still chosen as the default chooses it), and
+    Detector.combine scoring each pixel by its Mahalanobis distance."""
+
+    def __init__(self, diagonal: bool) -> None:
+        self.diagonal = diagonal
+        self.combine, self.choose = Detector.combine, mixing.choose_weights
+        self.fitted: dict[str, tuple] = {}  # every detector of the variant (banks without an image too)
+
+    def __enter__(self) -> JointDensity:
+        diagonal, choose, fitted = self.diagonal, self.choose, self.fitted
+
+        def fit(detector, validation, components):
+            mix = choose(detector, validation, components)
+            clean = torch.stack([components[i] for i in validation.clean])
+            smoothed = smoothed_components(detector, clean, mix.sparse_smoothing)
+            pixels = smoothed.transpose(0, 1).reshape(smoothed.shape[1], -1).double()  # (M, n)
+            if pixels.shape[1] > DENSITY_PIXELS:
+                pixels = pixels[:, :: -(-pixels.shape[1] // DENSITY_PIXELS)]
+            offsets = DENSITY_OFFSET * torch.quantile(pixels, 0.99, dim=1).clamp(min=1e-6)
+            logs = torch.log(pixels + offsets[:, None])
+            mean = logs.mean(dim=1)
+            cov = torch.cov(logs)
+            if diagonal:
+                cov = torch.diag(torch.diag(cov))
+            cov = cov + 1e-3 * torch.trace(cov) / len(cov) * torch.eye(len(cov), dtype=cov.dtype)
+            whitening = torch.linalg.cholesky(torch.linalg.inv(cov))  # W W^T = cov^-1
+            fitted["density"] = (offsets.float(), mean.float(), whitening.float())
+            return mix
+
+        def scored(detector, components, weights=None, sparse_smoothing=None):
+            smoothing = detector.calibration.sparse_smoothing if sparse_smoothing is None else sparse_smoothing
+            offsets, mean, whitening = fitted["density"]
+            smoothed = smoothed_components(detector, components, smoothing)
+            logs = torch.log(smoothed.clamp(min=0) + offsets[None, :, None, None]) - mean[None, :, None, None]
+            white = torch.einsum("bmhw,mk->bkhw", logs, whitening)
+            return white.square().sum(dim=1).sqrt()
+
+        Detector.combine, mixing.choose_weights = scored, fit
+        train.choose_weights = fit
+        return self
+
+    def __exit__(self, *exc) -> None:
+        Detector.combine, mixing.choose_weights = self.combine, self.choose
+        train.choose_weights = self.choose
 
 
 def variant_detector(trained: Detector, overrides: dict, change: str | None) -> Detector:
@@ -232,8 +389,15 @@ def run_set(
                 layout = LAYOUTS[change]
             started = time.perf_counter()
             detector = variant_detector(trained, overrides, change)
-            mix = recalibrate(detector, context, change)
-            report = evaluate(detector, folder)
+            if change in FUSION_POWERS:
+                patch = ScaleFusion(FUSION_POWERS[change])
+            elif change in ("density", "density_diag"):
+                patch = JointDensity(diagonal=change == "density_diag")
+            else:
+                patch = contextlib.nullcontext()
+            with patch:
+                mix = recalibrate(detector, context, change)
+                report = evaluate(detector, folder)
             record = {
                 "variant": name if not label else label if name == "base" else f"{label}+{name}",
                 "overrides": base_overrides
