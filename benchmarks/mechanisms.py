@@ -52,6 +52,7 @@ from lista_cli.detection.training.validation import make_validation_set  # noqa:
 VARIANTS: dict[str, tuple[dict, str | None]] = {
     "base": ({}, None),
     "fixed_mix": ({"sparse_share": 0.5, "residual_weight": 0.5}, None),
+    "fixed_mix_u1": ({"sparse_share": 0.5, "residual_weight": 1.0}, None),
     "no_residual": ({"residual_weight": 0.0}, None),
     "gaussian_only": ({"sparse_smoothing": "gaussian"}, None),
     "no_level_damping": ({"level_damping": False}, None),
