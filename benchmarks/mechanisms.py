@@ -83,6 +83,9 @@ VARIANTS: dict[str, tuple[dict, str | None]] = {
     # c_i a tenth of its 0.99 quantile on the clean validation images, and the pixel's score is
     # the Mahalanobis distance of that vector from those images' pixels (full covariance, or
     # per map alone).
+    # The finest scale's share of the scale weights chosen on the validation set with the mix
+    # (a half or two thirds), instead of always a half.
+    "fine_share_search": ({}, "fine_share_search"),
     "density": ({}, "density"),
     "density_diag": ({}, "density_diag"),
 }
@@ -92,6 +95,8 @@ KEPT_SCALES = {"scales1": [1], "scales12": [1, 2], "scales124": [1, 2, 4]}
 
 # Share of the finest scale's maps in the scale weights (None: 1 / the scale count, all alike).
 FINE_SHARES = {"equal_scales": None, "fine_two_thirds": 2 / 3, "scale_max": None, "scale_rms": None}
+
+FINE_SHARE_CANDIDATES = (0.5, 2 / 3)  # fine_share_search: the finest scale's share, the first wins ties
 
 # Power of the fusion across scales: (sum over scales of each scale's map ** p) ** (1 / p).
 FUSION_POWERS = {"scale_max": float("inf"), "scale_rms": 2.0}
@@ -191,6 +196,7 @@ LAYOUTS = {
     "scale_rms": "full",
     "density": "full",
     "density_diag": "full",
+    "fine_share_search": "full",
 }
 
 
@@ -320,10 +326,25 @@ def recalibrate(detector: Detector, context: dict, change: str | None):
     if change in FINE_SHARES and len(detector.scales) > 1:
         fine = FINE_SHARES[change] or 1 / len(detector.scales)
         mixing.scale_weights = lambda d: scale_weights(d, fine)
+    choose = train.choose_weights
+    if change == "fine_share_search" and len(detector.scales) > 1:
+
+        def searched(detector, validation, components):
+            mixes = []
+            for fine in FINE_SHARE_CANDIDATES:
+                mixing.scale_weights = lambda d, fine=fine: scale_weights(d, fine)
+                mixes.append(choose(detector, validation, components))
+            mixing.scale_weights = scale_weights
+            best = max(range(len(mixes)), key=lambda i: mixes[i].score)  # the first (a half) wins ties
+            recalibrate.fine_share = FINE_SHARE_CANDIDATES[best]
+            return mixes[best]
+
+        train.choose_weights = searched
     try:
         return train._mix_and_calibrate(detector, *context["args"])[0]
     finally:
         edges.edge_profile, mixing.scale_weights, edges.band_width = profile, scale_weights, band_width
+        train.choose_weights = choose
 
 
 def trained_detector(folder: Path, cfg) -> Detector:
@@ -413,6 +434,7 @@ def run_set(
                     "sparse_share": mix.sparse_share,
                     "residual_weight": mix.residual_weight,
                     "sparse_smoothing": mix.sparse_smoothing,
+                    **({"fine_share": recalibrate.fine_share} if change == "fine_share_search" else {}),
                 },
                 **({"trained": trained_figures} if name == "base" else {}),
                 **row_of(report, detector),
