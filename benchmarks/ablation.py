@@ -107,7 +107,7 @@ def family_means(rows: list[dict], metric: str) -> dict[str, dict[int, float]]:
 
 
 REMOVALS = {"scales1", "no_bank", "no_residual", "no_sparse_damping", "no_level_damping", "no_edges"}
-REMOVALS |= {"gaussian_only", "fixed_mix"}
+REMOVALS |= {"gaussian_only", "fixed_mix", "fixed_mix_u1"}
 REMOVALS |= {"layers3"}  # 3 unfolded layers instead of 10: seven layers (and their thresholds) fewer
 
 
