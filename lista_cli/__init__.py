@@ -1,3 +1,3 @@
 """lista: texture defect detection by deep-unfolded ISTA for robust PCA."""
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"

@@ -38,7 +38,7 @@ class DataConfig:
     image_size: int | str | None = _opt("auto", low=8, high=4096, keywords=("auto",))
     channels: str = _opt("auto", choices=("auto", "gray", "rgb"))
     tile_size: int = _opt(1024, low=64)
-    scales: list[int] = _opt([1, 2, 4], low=1, high=16)
+    scales: list[int] = _opt([1, 2, 4, 8], low=1, high=16)
 
 
 @dataclass

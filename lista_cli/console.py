@@ -128,7 +128,8 @@ def print_train_summary(summary: Any, out: Path) -> None:
         )
     say(
         f"  maps combined with sparse share {summary.sparse_share:g}, residual weight"
-        f" {summary.residual_weight:g}, {summary.sparse_smoothing} S smoothing: validation"
+        f" {summary.residual_weight:g}, finest scale's share {summary.finest_share:.2g},"
+        f" {summary.sparse_smoothing} S smoothing: validation"
         f" {summary.val_auroc:.3f} (mean pixel AUROC over defect families)"
     )
     families = ", ".join(f"{name} {value:.3f}" for name, value in summary.val_families.items())

@@ -8,7 +8,13 @@ import torch
 
 from lista_cli.config import Config
 from lista_cli.detection.scoring.detector import Detector, Scale
-from lista_cli.detection.training.mixing import RESIDUAL_WEIGHTS, SPARSE_SHARES, choose_weights, share_weights
+from lista_cli.detection.training.mixing import (
+    FINEST_SHARES,
+    RESIDUAL_WEIGHTS,
+    SPARSE_SHARES,
+    choose_weights,
+    share_weights,
+)
 from lista_cli.detection.training.validation import sampled
 
 
@@ -42,7 +48,7 @@ def _validation(informative: str, count: int = 6, size: int = 24, kinds=("sparse
 @pytest.mark.parametrize("informative, expected", [("sparse", 1.0), ("code", 0.0)])
 def test_the_informative_map_gets_the_whole_weight(informative, expected):
     components, validation = _validation(informative)
-    weights, share, residual, auroc, _ = choose_weights(_detector(), validation, components)
+    weights, share, residual, auroc, _, _ = choose_weights(_detector(), validation, components)
     assert share == expected and residual == 0.0 and 0.7 < auroc < 1.0
     zero = (1, 3) if informative == "sparse" else (0, 2)
     assert all(weights[i] == 0 for i in zero) and all(w > 0 for i, w in enumerate(weights) if i not in zero)
@@ -84,6 +90,38 @@ def test_the_finest_scale_weighs_as_much_as_the_coarser_ones_together():
     assert share_weights(three, [2.0, 4.0, 2.0, 4.0, 2.0, 4.0], 0.25) == [0.75, 4.5, 0.375, 2.25, 0.375, 2.25]
     weights = share_weights(four, [1.0] * 8, 0.5)
     assert sum(weights[:2]) == pytest.approx(sum(weights[2:])) and len(set(weights[2:])) == 1
+
+
+@pytest.mark.parametrize("seen_by, expected", [("finest", 2 / 3), ("coarse", 0.5)])
+def test_the_finest_scale_gets_two_thirds_when_only_it_sees_the_defects(seen_by, expected):
+    """Three scales, S and code maps: a defect that only the finest scale's maps show is
+    found better the more they weigh; one that only the coarse scales show, the less."""
+    gen = torch.Generator().manual_seed(8)
+    count, size = 8, 24
+    masks = torch.zeros(count, size, size, dtype=torch.bool)
+    masks[count // 2 :, 6:13, 10:16] = True
+    seeing = [0, 1] if seen_by == "finest" else [2, 3, 4, 5]
+    components = []
+    for mask in masks:
+        maps = torch.rand(6, size, size, generator=gen)
+        for index in seeing:
+            maps[index] += 0.4 * mask.float()
+        components.append(maps)
+    family = [None] * (count // 2) + ["square"] * (count // 2)
+    validation = sampled(torch.zeros(count, 1, size, size), masks, family, seed=0)
+    mix = choose_weights(_detector(scales=3), validation, components)
+    assert mix.finest_share == pytest.approx(expected)
+    weights = share_weights(_detector(scales=3), [1.0] * 6, mix.sparse_share, 0.0, mix.finest_share)
+    levels = mix_levels(validation, components)
+    assert mix.weights == pytest.approx([w * level for w, level in zip(weights, levels, strict=True)])
+    assert FINEST_SHARES[0] == 0.5  # a half wins ties
+    assert choose_weights(_detector(scales=1), validation, [c[:2] for c in components]).finest_share == 0.5
+
+
+def mix_levels(validation, components):
+    """1 / the 0.99 quantile of each component over the clean validation images' pixels (float64)."""
+    clean = torch.cat([components[i].flatten(1) for i in validation.clean], dim=1).double()
+    return [1.0 / float(q) for q in torch.quantile(clean, 0.99, dim=1)]
 
 
 @pytest.mark.parametrize("smoothing", ["gaussian", "oriented"])

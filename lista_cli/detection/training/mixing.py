@@ -5,12 +5,14 @@ Each component is divided by its high quantile on normal pixels, so all share on
 "how far above normal". Then the S maps are weighted by a share t, the code
 maps by 1 - t and the residual-level maps by u (1 - t), and each scale's maps by its scale's
 weight: the finest scale (the one that places a defect to the pixel) weighs as much as all
-coarser ones together, so a coarser scale added for context does not dilute it. Which map carries a texture's
-defects differs (S on paper, the code distance on periodic brick, the residual level where
-defects remove grain), so t and u are chosen on the validation set unless
-score.sparse_share and score.residual_weight fix them. So is the smoothing of the S maps
-(score.sparse_smoothing): the Gaussian of the other maps, or that plus their contrast
-along thin trails (pixel_maps.oriented_smooth).
+coarser ones together or twice as much (a share f of the scale weights, a half or two
+thirds), so the coarse scales added for context do not dilute it. Which map carries a
+texture's defects differs (S on paper, the code distance on periodic brick, the residual
+level where defects remove grain), and so does how much context they need (thin cracks: the
+finest scale; pits and stochastic grain: the coarse ones), so t, u and f are chosen on the
+validation set unless score.sparse_share and score.residual_weight fix t and u. So is the
+smoothing of the S maps (score.sparse_smoothing): the Gaussian of the other maps, or that
+plus their contrast along thin trails (pixel_maps.oriented_smooth).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .validation import ValidationSet
 SPARSE_SHARES = (0.5, 0.25, 0.75, 0.1, 0.9, 0.0, 1.0)  # candidate mixes; the first wins ties
 RESIDUAL_WEIGHTS = (0.0, 0.5, 1.0)  # candidate weights u of the residual-level maps; off wins ties
 SPARSE_SMOOTHINGS = ("gaussian", "oriented")  # candidate smoothings of the S maps; the first wins ties
+FINEST_SHARES = (0.5, 2 / 3)  # candidate shares f of the finest scale in the scale weights; the first wins ties
 
 
 @torch.inference_mode()
@@ -52,14 +55,16 @@ def scale_weights(detector: Detector, finest: float = 0.5) -> list[float]:
     return [weight for weight, scale in zip(weights, detector.scales, strict=True) for _ in scale.kinds]
 
 
-def share_weights(detector: Detector, levels: list[float], share: float, residual: float = 0.0) -> list[float]:
+def share_weights(
+    detector: Detector, levels: list[float], share: float, residual: float = 0.0, finest: float = 0.5
+) -> list[float]:
     """Map weights: each component's level, times `share` for sparse-part maps,
     1 - share for code maps and `residual` (1 - share) for residual-level maps, times its
-    scale's weight (scale_weights)."""
+    scale's weight (scale_weights, the finest scale's share `finest`)."""
     factors = {"sparse": share, "code": 1.0 - share, "residual": residual * (1.0 - share)}
     return [
         level * factors[kind] * weight
-        for level, kind, weight in zip(levels, detector.kinds, scale_weights(detector), strict=True)
+        for level, kind, weight in zip(levels, detector.kinds, scale_weights(detector, finest), strict=True)
     ]
 
 
@@ -69,6 +74,7 @@ class Mix(NamedTuple):
     residual_weight: float
     score: float  # validation score
     sparse_smoothing: str = "gaussian"
+    finest_share: float = 0.5  # the finest scale's share of the scale weights
 
 
 class Samples(NamedTuple):
@@ -113,19 +119,21 @@ def best_mix(detector: Detector, validation: ValidationSet, samples: list[Sample
         residuals = [0.0]
     else:
         residuals = RESIDUAL_WEIGHTS if score_cfg.residual_weight is None else [score_cfg.residual_weight]
+    finest_shares = FINEST_SHARES if len(detector.scales) > 1 else FINEST_SHARES[:1]
     levels = [sample.level for sample in samples]
     best: Mix | None = None
-    for residual in residuals:
-        for share in shares:
-            weights = share_weights(detector, levels, share, residual)
-            negatives = sum(w * sample.negatives for w, sample in zip(weights, samples, strict=True))
-            positives = {
-                name: sum(w * sample.positives[name] for w, sample in zip(weights, samples, strict=True))
-                for name in samples[0].positives
-            }
-            score, _ = validation.score_sample(negatives, positives)
-            if best is None or score > best.score:
-                best = Mix(weights, share, residual, score)
+    for finest in finest_shares:
+        for residual in residuals:
+            for share in shares:
+                weights = share_weights(detector, levels, share, residual, finest)
+                negatives = sum(w * sample.negatives for w, sample in zip(weights, samples, strict=True))
+                positives = {
+                    name: sum(w * sample.positives[name] for w, sample in zip(weights, samples, strict=True))
+                    for name in samples[0].positives
+                }
+                score, _ = validation.score_sample(negatives, positives)
+                if best is None or score > best.score:
+                    best = Mix(weights, share, residual, score, finest_share=finest)
     return best  # type: ignore[return-value]
 
 

@@ -42,6 +42,7 @@ class TrainSummary:
     sparse_share: float = 1.0  # weight of the sparse-part maps against the code maps
     residual_weight: float = 0.0  # weight of the residual-level maps relative to the code maps
     sparse_smoothing: str = "gaussian"  # smoothing of the sparse-part maps (score.sparse_smoothing)
+    finest_share: float = 0.5  # the finest scale's share of the scale weights (mixing.FINEST_SHARES)
     val_auroc: float = 0.0  # validation score of the combined map: mean pixel AUROC over defect families
     val_families: dict[str, float] = field(default_factory=dict)  # that map's pixel AUROC per defect family
     level_reference: float | None = None  # maps with a higher median are damped (levels.py); None: off
@@ -270,6 +271,7 @@ def train(
         sparse_share=mix.sparse_share,
         residual_weight=mix.residual_weight,
         sparse_smoothing=mix.sparse_smoothing,
+        finest_share=mix.finest_share,
         val_auroc=mix.score,
         val_families=validation.score(validation_maps)[1],
         level_reference=detector.calibration.level_reference,
