@@ -11,6 +11,7 @@ beside the float32 GEMM rate printed before and after.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -36,7 +37,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for number, config in enumerate(args.configs):
-            overrides = [o for o in config.split(",") if o]
+            overrides = [o for o in re.split(r",(?![^\[]*\])", config) if o]  # commas inside [...] are a list's
             model = tmp / f"model{number}.pt"
             seconds = train_seconds(args.data, model, overrides)
             rows.append((config or "default", seconds, whole_process(model, tmp / f"detect{number}", args.images)))
