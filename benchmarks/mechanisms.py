@@ -78,14 +78,15 @@ VARIANTS: dict[str, tuple[dict, str | None]] = {
     # scale's own mix of maps, in the normal-quantile unit, every scale weighing alike.
     "scale_max": ({}, "scale_max"),
     "scale_rms": ({}, "scale_rms"),
+    # The finest scale's share of the scale weights chosen on the validation set with the mix
+    # (a half or two thirds: lista 0.5.0's default), or always a half (0.3.0 and 0.4.0).
+    "fine_share_search": ({}, "fine_share_search"),
+    "fine_half": ({}, "fine_half"),
     # The component maps of every scale fused by their joint density on normal pixels instead of
     # a weighted sum chosen on synthetic defects: each smoothed map v_i becomes log(v_i + c_i),
     # c_i a tenth of its 0.99 quantile on the clean validation images, and the pixel's score is
     # the Mahalanobis distance of that vector from those images' pixels (full covariance, or
     # per map alone).
-    # The finest scale's share of the scale weights chosen on the validation set with the mix
-    # (a half or two thirds), instead of always a half.
-    "fine_share_search": ({}, "fine_share_search"),
     "density": ({}, "density"),
     "density_diag": ({}, "density_diag"),
 }
@@ -93,10 +94,16 @@ VARIANTS: dict[str, tuple[dict, str | None]] = {
 # The scale factors a structural change keeps of the trained detector's.
 KEPT_SCALES = {"scales1": [1], "scales12": [1, 2], "scales124": [1, 2, 4]}
 
-# Share of the finest scale's maps in the scale weights (None: 1 / the scale count, all alike).
-FINE_SHARES = {"equal_scales": None, "fine_two_thirds": 2 / 3, "scale_max": None, "scale_rms": None}
-
-FINE_SHARE_CANDIDATES = (0.5, 2 / 3)  # fine_share_search: the finest scale's share, the first wins ties
+# The candidate shares of the finest scale's maps in the scale weights that validation chooses
+# among (mixing.FINEST_SHARES; None: 1 / the scale count, every scale alike).
+FINE_SHARES = {
+    "equal_scales": None,
+    "fine_two_thirds": (2 / 3,),
+    "fine_half": (0.5,),
+    "fine_share_search": (0.5, 2 / 3),
+    "scale_max": None,
+    "scale_rms": None,
+}
 
 # Power of the fusion across scales: (sum over scales of each scale's map ** p) ** (1 / p).
 FUSION_POWERS = {"scale_max": float("inf"), "scale_rms": 2.0}
@@ -155,7 +162,7 @@ class ScaleFusion:
             best = None
             for residual in residuals:
                 for share in shares:
-                    weights = mixing.share_weights(detector, levels, share, residual)
+                    weights = mixing.share_weights(detector, levels, share, residual, mixing.FINEST_SHARES[0])
 
                     def mixed(pick, weights=weights):
                         return fuse([sum(weights[i] * pick(samples[i]) for i in group) for group in groups], power)
@@ -197,6 +204,7 @@ LAYOUTS = {
     "density": "full",
     "density_diag": "full",
     "fine_share_search": "full",
+    "fine_half": "full",
 }
 
 
@@ -318,33 +326,17 @@ def variant_detector(trained: Detector, overrides: dict, change: str | None) -> 
 
 def recalibrate(detector: Detector, context: dict, change: str | None):
     """Mix and calibrate the detector again as `lista train` does, on the same images; -> the mix."""
-    profile, scale_weights, band_width = edges.edge_profile, mixing.scale_weights, edges.band_width
+    profile, band_width, finest_shares = edges.edge_profile, edges.band_width, mixing.FINEST_SHARES
     if change in ("no_edges", "lean"):
         edges.edge_profile = lambda maps, width: ([1.0] * width, [1.0] * width)
     if change == "edge_band_two_scales":
         edges.band_width = lambda patch, coarsest, reach, side: band_width(patch, min(coarsest, 2), reach, side)
     if change in FINE_SHARES and len(detector.scales) > 1:
-        fine = FINE_SHARES[change] or 1 / len(detector.scales)
-        mixing.scale_weights = lambda d: scale_weights(d, fine)
-    choose = train.choose_weights
-    if change == "fine_share_search" and len(detector.scales) > 1:
-
-        def searched(detector, validation, components):
-            mixes = []
-            for fine in FINE_SHARE_CANDIDATES:
-                mixing.scale_weights = lambda d, fine=fine: scale_weights(d, fine)
-                mixes.append(choose(detector, validation, components))
-            mixing.scale_weights = scale_weights
-            best = max(range(len(mixes)), key=lambda i: mixes[i].score)  # the first (a half) wins ties
-            recalibrate.fine_share = FINE_SHARE_CANDIDATES[best]
-            return mixes[best]
-
-        train.choose_weights = searched
+        mixing.FINEST_SHARES = FINE_SHARES[change] or (1 / len(detector.scales),)
     try:
         return train._mix_and_calibrate(detector, *context["args"])[0]
     finally:
-        edges.edge_profile, mixing.scale_weights, edges.band_width = profile, scale_weights, band_width
-        train.choose_weights = choose
+        edges.edge_profile, edges.band_width, mixing.FINEST_SHARES = profile, band_width, finest_shares
 
 
 def trained_detector(folder: Path, cfg) -> Detector:
@@ -434,7 +426,7 @@ def run_set(
                     "sparse_share": mix.sparse_share,
                     "residual_weight": mix.residual_weight,
                     "sparse_smoothing": mix.sparse_smoothing,
-                    **({"fine_share": recalibrate.fine_share} if change == "fine_share_search" else {}),
+                    "finest_share": mix.finest_share,
                 },
                 **({"trained": trained_figures} if name == "base" else {}),
                 **row_of(report, detector),
